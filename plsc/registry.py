@@ -57,6 +57,7 @@ DATASETS = Registry("dataset")
 TRANSFORMS = Registry("transform")
 SAMPLERS = Registry("sampler")
 METRICS = Registry("metric")
+GRAD_CLIPS = Registry("grad clip")
 
 _BUILTIN_MODULES = (
     "plsc.models",

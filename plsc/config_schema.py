@@ -1,0 +1,163 @@
+"""Every config key plsc reads: its default, its type and a one-line doc, in one place.
+
+`docs/config.md` is generated from this tree (`python -m plsc.config --markdown`).
+
+Sections whose value is a mapping with a `name` (dataset, sampler, LRScheduler, Optimizer,
+grad_clip) or a list of `{Name: {kwargs}}` items (Loss.Train, Metric.Eval, transform_ops) are
+"registered": their keys are checked against the signature of the registered builder.
+"""
+
+
+class Key:
+    """A leaf: default value, accepted type(s) and a one-line doc."""
+
+    def __init__(self, default, types, doc, choices=None):
+        self.default = default
+        self.types = types if isinstance(types, tuple) else (types,)
+        self.doc = doc
+        self.choices = choices
+
+
+class Registered:
+    """A mapping {name: <registered builder>, **kwargs} checked against the builder's signature."""
+
+    def __init__(self, registry, default, doc):
+        self.registry = registry  # attribute name in plsc.registry, e.g. "DATASETS"
+        self.default = default
+        self.doc = doc
+
+
+class RegisteredList:
+    """A list of single-key mappings [{Name: {kwargs}}] checked against each builder's signature."""
+
+    def __init__(self, registry, default, doc):
+        self.registry = registry
+        self.default = default
+        self.doc = doc
+
+
+NUM = (int, float)
+OPT_STR = (str, type(None))
+OPT_INT = (int, type(None))
+
+_TRANSFORMS_DEFAULT = [
+    {"DecodeImage": {"to_rgb": True, "channel_first": False}},
+    {"RandFlipImage": {"flip_code": 1}},
+    {"NormalizeImage": {"scale": "1.0/255.0", "mean": [0.5, 0.5, 0.5], "std": [0.5, 0.5, 0.5], "order": ""}},
+    {"ToCHWImage": None},
+]
+
+
+def _loader_section(train):
+    return {
+        "dataset": Registered(
+            "DATASETS",
+            {"name": "FaceRandomDataset"} if train else None,
+            "dataset: {name: <registered dataset>, ...its kwargs}"
+            + ("" if train else "; a list of such mappings evaluates several sets"),
+        ),
+        "sampler": Registered(
+            "SAMPLERS",
+            {"name": "DistributedBatchSampler" if train else "BatchSampler", "batch_size": 128,
+             "drop_last": False, "shuffle": train},
+            "batch sampler: {name, batch_size (per rank), drop_last, shuffle}",
+        ),
+        "loader": {
+            "num_workers": Key(8 if train else 0, int, "DataLoader worker processes per rank"),
+            "use_shared_memory": Key(True, bool, "pass batches through shared memory"),
+        },
+    }
+
+
+SCHEMA = {
+    "Global": {
+        "task_type": Key("recognition", str, "task; plsc trains face recognition", choices=["recognition"]),
+        "train_epoch_func": Key("default_train_one_epoch", str, "kept for PLSC compatibility",
+                                choices=["default_train_one_epoch"]),
+        "eval_func": Key("face_verification_eval", str, "kept for PLSC compatibility",
+                         choices=["face_verification_eval"]),
+        "checkpoint": Key(None, OPT_STR, "checkpoint dir (e.g. output/IResNet50/latest) to resume from"),
+        "pretrained_model": Key(None, OPT_STR, "weights to start from / evaluate / export (checkpoint dir or prefix)"),
+        "output_dir": Key("./output/", str, "root of logs and checkpoints; a run writes <output_dir>/<Model.name>/"),
+        "device": Key("gpu", str, "gpu or cpu; gpu falls back to cpu (with a log line) when Paddle has no CUDA",
+                      choices=["gpu", "cpu"]),
+        "save_interval": Key(1, int, "save a checkpoint every N save_units"),
+        "save_unit": Key("epoch", str, "unit of save_interval", choices=["epoch", "step"]),
+        "max_num_latest_checkpoint": Key(0, int, "keep the N newest epoch_N checkpoints (0 keeps all)"),
+        "eval_during_train": Key(True, bool, "evaluate while training"),
+        "eval_interval": Key(2000, int, "evaluate every N eval_units"),
+        "eval_unit": Key("step", str, "unit of eval_interval", choices=["step", "epoch"]),
+        "accum_steps": Key(1, int, "gradient accumulation: micro-batches per optimizer step"),
+        "epochs": Key(20, int, "number of epochs"),
+        "max_train_step": Key(None, OPT_INT, "stop after this many optimizer steps (null: run all epochs)"),
+        "print_batch_step": Key(100, int, "log every N steps"),
+        "use_visualdl": Key(True, bool, "write VisualDL scalars to <output_dir>/<Model.name>/vdl"),
+        "seed": Key(2022, int, "random seed (rank r uses seed + r for its data augmentation)"),
+        "max_nan_skips": Key(10, int, "stop (saving the last good state) after N consecutive non-finite steps"),
+    },
+    "FP16": {
+        "level": Key("O0", str, "mixed precision level: O0 fp32, O1 auto_cast, O2 fp16 params + fp32 master weights",
+                     choices=["O0", "O1", "O2"]),
+        "dtype": Key("float16", str, "low-precision dtype", choices=["float16", "bfloat16"]),
+        "fp16_custom_white_list": Key([], list, "extra ops run in low precision under O1/O2"),
+        "fp16_custom_black_list": Key([], list, "extra ops kept in fp32 under O1/O2"),
+        "GradScaler": {
+            "init_loss_scaling": Key(27648.0, NUM, "initial loss scale (> 0)"),
+            "incr_ratio": Key(2.0, NUM, "scale growth factor (> 1)"),
+            "decr_ratio": Key(0.5, NUM, "scale backoff factor (in (0, 1))"),
+            "incr_every_n_steps": Key(2000, int, "grow the scale after N consecutive finite steps"),
+            "decr_every_n_nan_or_inf": Key(1, int, "back off after N consecutive non-finite steps"),
+            "use_dynamic_loss_scaling": Key(True, bool, "adjust the scale dynamically"),
+        },
+    },
+    "DistributedStrategy": {
+        "data_parallel": Key(True, bool, "average backbone gradients across ranks"),
+        "recompute": Key(False, bool, "recompute each backbone block in backward (saves activation memory)"),
+        "collective_timeout": Key(300, int, "seconds a collective may wait for other ranks before the job fails"),
+    },
+    "Model": {
+        "name": Key("IResNet50", str, "registered backbone name"),
+        "num_features": Key(512, int, "embedding size"),
+        "data_format": Key("NCHW", str, "backbone layout (NHWC is the GPU fast path); input is always NCHW",
+                           choices=["NCHW", "NHWC"]),
+        "dropout": Key(0.0, NUM, "dropout before the embedding FC"),
+        "mask_ratio": Key(None, (float, int, type(None)), "FaceViT: fraction of tokens masked in training (null: model default)"),
+        "drop_path_rate": Key(None, (float, int, type(None)), "FaceViT: stochastic depth rate (null: model default)"),
+        "arch_kwargs": Key({}, dict, "extra backbone builder kwargs for reduced sizes, e.g. {layers: [1,1,1,1]}"),
+        "class_num": Key(93431, int, "number of identities"),
+        "pfc_config": {
+            "sample_ratio": Key(1.0, NUM, "PartialFC: fraction of each class shard sampled per step, in (0, 1]"),
+            "model_parallel": Key(True, bool, "shard the FC by class across ranks (false: replicate it)"),
+        },
+    },
+    "Loss": {
+        "Train": RegisteredList("LOSSES", [{"MarginLoss": {"m1": 1.0, "m2": 0.5, "m3": 0.0, "s": 64.0,
+                                                           "model_parallel": True, "weight": 1.0}}],
+                                "margin head: [- MarginLoss {m1, m2, m3, s}] or [- AdaFaceLoss {m, h, s, t_alpha}]"),
+    },
+    "LRScheduler": Registered("LR_SCHEDULERS", {"name": "Poly", "learning_rate": 0.1, "decay_unit": "step",
+                                                "warmup_steps": 0},
+                              "learning rate schedule: {name: Poly|Cosine|Step|MultiStep|Constant, ...}"),
+    "Optimizer": Registered("OPTIMIZERS", {"name": "Momentum", "momentum": 0.9, "weight_decay": 5e-4,
+                                           "grad_clip": None},
+                            "optimizer: {name: Momentum|AdamW, ..., grad_clip: {name: ClipGradByGlobalNorm, ...}}"),
+    "DataLoader": {"Train": _loader_section(True), "Eval": _loader_section(False)},
+    "Metric": {
+        "Eval": RegisteredList("METRICS", [{"LFWAcc": {"flip_test": True}}], "verification metrics"),
+    },
+    "Export": {
+        "export_type": Key("onnx", str, "paddle (inference.json/pdiparams) or onnx", choices=["paddle", "onnx"]),
+        "input_shape": Key([None, 3, 112, 112], list, "exported input shape (None = dynamic batch)"),
+        "opset_version": Key(11, int, "ONNX opset"),
+        "fp16": Key(False, bool, "export fp16 weights (GPU inference); default fp32"),
+        "parity_check": Key(True, bool, "compare dygraph / inference / onnxruntime outputs after export"),
+        "export_dir": Key(None, OPT_STR, "where to write; null: <output_dir>/<Model.name>/export"),
+    },
+}
+
+REGISTERED_KWARGS = {
+    # keys every registered LR scheduler accepts besides its own
+    "LR_SCHEDULERS": {"name", "learning_rate", "decay_unit", "warmup_steps", "warmup_epochs", "warmup_start_lr"},
+    # keys every optimizer section accepts besides the optimizer's own
+    "OPTIMIZERS": {"name", "grad_clip", "no_weight_decay_for_bn_bias"},
+}
