@@ -1,0 +1,71 @@
+"""Build each part of a run from its config section through the registries."""
+import os
+
+import paddle
+
+from plsc.errors import ConfigError
+from plsc.registry import DATASETS, MODELS, SAMPLERS
+
+
+def build_backbone(cfg):
+    m = cfg["Model"]
+    kwargs = {"num_features": m["num_features"], "data_format": m["data_format"], "dropout": m["dropout"],
+              "recompute": cfg["DistributedStrategy"]["recompute"]}
+    for key in ("mask_ratio", "drop_path_rate"):  # FaceViT options; passed only when set
+        if m[key] is not None:
+            kwargs[key] = m[key]
+    if m["arch_kwargs"]:
+        kwargs["arch_kwargs"] = dict(m["arch_kwargs"])
+    return MODELS.build(m["name"], **kwargs)
+
+
+def build_dataset(spec, seed):
+    kwargs = {k: v for k, v in spec.items() if k != "name"}
+    return DATASETS.build(spec["name"], seed=seed, **kwargs)
+
+
+def build_train_loader(cfg, rank, world_size):
+    section = cfg["DataLoader"]["Train"]
+    seed = cfg["Global"]["seed"]
+    dataset = build_dataset(section["dataset"], seed)
+    num_classes = getattr(dataset, "num_classes", None)
+    if num_classes is not None and num_classes != cfg["Model"]["class_num"]:
+        raise ConfigError(
+            f"Model.class_num is {cfg['Model']['class_num']} but the training dataset "
+            f"({section['dataset']['name']}) has {num_classes} classes; set -o Model.class_num={num_classes}")
+    s = section["sampler"]
+    sampler = SAMPLERS.build(s["name"], dataset=dataset, seed=seed, rank=rank, world_size=world_size,
+                             **{k: v for k, v in s.items() if k != "name"})
+    if len(sampler) == 0:
+        raise ConfigError(f"the training set has {len(dataset)} samples: fewer than one batch of "
+                          f"{s.get('batch_size')} per rank across {world_size} ranks (drop_last={s.get('drop_last')})")
+    loader_cfg = section["loader"]
+    loader = paddle.io.DataLoader(dataset, batch_sampler=sampler, num_workers=loader_cfg["num_workers"],
+                                  use_shared_memory=loader_cfg["use_shared_memory"] and loader_cfg["num_workers"] > 0)
+    return dataset, sampler, loader
+
+
+def eval_sets(cfg):
+    """{set name: dataset spec} for every configured eval set (DataLoader.Eval.dataset: one or a list)."""
+    spec = cfg["DataLoader"]["Eval"]["dataset"]
+    specs = [] if spec is None else spec if isinstance(spec, list) else [spec]
+    sets = {}
+    for s in specs:
+        path = s.get("bin_path") or s.get("image_root") or s.get("name")
+        name = s.get("set_name") or os.path.splitext(os.path.basename(str(path).rstrip("/")))[0]
+        if name in sets:
+            raise ConfigError(f"DataLoader.Eval.dataset: two eval sets are named '{name}'")
+        sets[name] = s
+    return sets
+
+
+def device_of(cfg, log):
+    want = cfg["Global"]["device"]
+    if want == "gpu" and not paddle.is_compiled_with_cuda():
+        log.info("Global.device is gpu but this Paddle build has no CUDA: running on cpu")
+        want = "cpu"
+    if want == "gpu":
+        paddle.set_device(f"gpu:{paddle.distributed.ParallelEnv().device_id}")
+    else:
+        paddle.set_device("cpu")
+    return want

@@ -1,0 +1,46 @@
+"""Evaluation inside the Engine: the configured eval sets, the metric, best-so-far tracking.
+
+DataLoader.Eval.dataset is one dataset mapping or a list of them (one per eval set):
+FaceBinDataset {bin_path} for insightface .bin files, FaceVerificationDataset {image_root,
+cls_label_path} for PLSC's pairs folders. Metric.Eval: [- LFWAcc {flip_test}].
+"""
+from plsc.engine.builders import eval_sets
+from plsc.errors import ConfigError
+
+
+class Evaluator:
+    def __init__(self, cfg, rank, world_size, log):
+        self.sets = eval_sets(cfg)
+        self.rank, self.world_size, self.log = rank, world_size, log
+        self.batch_size = cfg["DataLoader"]["Eval"]["sampler"]["batch_size"]
+        metrics = cfg["Metric"]["Eval"] or []
+        names = [next(iter(m)) for m in metrics]
+        if names and names != ["LFWAcc"]:
+            raise ConfigError(f"Metric.Eval: plsc evaluates verification with LFWAcc; got {names}")
+        self.flip_test = bool((metrics[0]["LFWAcc"] or {}).get("flip_test", True)) if metrics else True
+        self.enabled = bool(self.sets) and bool(metrics)
+
+    def run(self, embed_fn):
+        from plsc.metrics.evaluator import evaluate_sets, format_table
+
+        results = evaluate_sets(embed_fn, self.sets, batch_size=self.batch_size, flip_test=self.flip_test,
+                                rank=self.rank, world_size=self.world_size)
+        self.log.info("verification:\n" + format_table(results))
+        return results
+
+    def track(self, results, best, step, writer):
+        """Update best-so-far accuracy per set; True when the mean accuracy over sets improved."""
+        from plsc.metrics.evaluator import format_table
+
+        for name, r in results.items():
+            writer.add(f"eval/{name}/acc", r["acc"], step)
+            writer.add(f"eval/{name}/xnorm", r["xnorm"], step)
+            if r["acc"] > best.get(name, {}).get("acc", -1.0):
+                best[name] = {"acc": r["acc"], "step": step}
+        mean_acc = sum(r["acc"] for r in results.values()) / len(results)
+        improved = mean_acc > best.get("__mean__", {}).get("acc", -1.0)
+        if improved:
+            best["__mean__"] = {"acc": mean_acc, "step": step}
+        self.log.info("best so far:\n" + format_table(results, best={k: v["acc"] for k, v in best.items()
+                                                                     if k != "__mean__"}))
+        return improved

@@ -1,0 +1,83 @@
+"""Save / restore a training run, and load pretrained weights, through plsc.engine.checkpoint.
+
+Every rank writes its own FC shard; rank 0 writes the backbone, the dense optimizer and the run
+state. On restore each rank reads the shards it needs: at the same world size its own file, at
+another world size all of them, merged and re-split for the new sharding.
+"""
+import os
+
+from plsc.engine import checkpoint as ckpt
+from plsc.engine.dp import barrier
+from plsc.engine.state_io import join_state, layer_arrays, load_layer_arrays, split_state
+from plsc.errors import CheckpointError
+
+
+def save_training(engine, final_dir):
+    rank, world_size = engine.rank, engine.world_size
+    if rank == 0:
+        ckpt.begin(final_dir)
+    barrier()
+    tmp = ckpt.tmp_dir_for(final_dir)
+    ckpt.save_arrays(os.path.join(tmp, f"fc_rank{rank}.npz"), engine.head_opt.shard_state())
+    if rank == 0:
+        ckpt.save_arrays(os.path.join(tmp, "backbone.npz"), layer_arrays(engine.backbone))
+        arrays, rest = split_state(engine.opt.state_dict())
+        ckpt.save_arrays(os.path.join(tmp, "optimizer.npz"), arrays)
+        ckpt.save_json(os.path.join(tmp, "optimizer.json"), rest)
+        ckpt.save_json(os.path.join(tmp, "state.json"), {
+            "train_state": engine.state, "scaler": engine.scaler.state_dict(), "world_size": world_size,
+            "class_num": engine.cfg["Model"]["class_num"], "model": engine.cfg["Model"]["name"],
+            "config": engine.cfg,
+        })
+    barrier()
+    if rank == 0:
+        ckpt.commit(final_dir, world_size)
+        engine.log.info(f"saved checkpoint {final_dir}")
+    barrier()
+
+
+def _read_fc_shards(ckpt_dir, saved_world):
+    return [ckpt.load_arrays(os.path.join(ckpt_dir, f"fc_rank{r}.npz")) for r in range(saved_world)]
+
+
+def restore_training(engine, path):
+    d = ckpt.resolve(path)
+    ckpt.verify(d)
+    state = ckpt.load_json(os.path.join(d, "state.json"))
+    if state["class_num"] != engine.cfg["Model"]["class_num"]:
+        raise CheckpointError(f"checkpoint {d} was trained with Model.class_num={state['class_num']} but the "
+                              f"config has {engine.cfg['Model']['class_num']}; to fine-tune on new classes use "
+                              f"Global.pretrained_model instead of Global.checkpoint")
+    load_layer_arrays(engine.backbone, ckpt.load_arrays(os.path.join(d, "backbone.npz")), f"checkpoint {d}")
+    opt_state = join_state(ckpt.load_arrays(os.path.join(d, "optimizer.npz")),
+                           ckpt.load_json(os.path.join(d, "optimizer.json")))
+    engine.opt.set_state_dict(opt_state)
+    engine.head_opt.load_shards(_read_fc_shards(d, state["world_size"]))
+    engine.scaler.set_state_dict(state["scaler"])
+    engine.state.update(state["train_state"])
+    engine.state.pop("last_saved_step", None)
+    if state["world_size"] != engine.world_size:
+        engine.log.info(f"re-sharded the FC from {state['world_size']} to {engine.world_size} rank(s)")
+    engine.log.info(f"resumed from {d} at epoch {engine.state['epoch']}, global step "
+                    f"{engine.state['global_step']}")
+    barrier()
+
+
+def load_pretrained(engine, path):
+    """Backbone weights (and the FC when class_num matches) for fine-tuning, eval or export."""
+    d = ckpt.resolve(path)
+    ckpt.verify(d)
+    missing, unexpected = load_layer_arrays(engine.backbone, ckpt.load_arrays(os.path.join(d, "backbone.npz")),
+                                            f"pretrained model {d}", strict=False)
+    if missing or unexpected:
+        engine.log.warning(f"pretrained model {d}: missing keys {missing}; unexpected keys {unexpected}")
+    engine.log.info(f"loaded backbone weights from {d}")
+    if engine.mode != "train":
+        return
+    state = ckpt.load_json(os.path.join(d, "state.json"))
+    if state["class_num"] != engine.cfg["Model"]["class_num"]:
+        engine.log.info(f"pretrained model has {state['class_num']} classes, the config "
+                        f"{engine.cfg['Model']['class_num']}: the FC starts fresh")
+        return
+    engine.head_opt.load_shards(_read_fc_shards(d, state["world_size"]), weights_only=True)
+    engine.log.info("loaded the FC weights too (same class_num)")

@@ -1,0 +1,37 @@
+from setuptools import find_packages, setup
+
+with open("README.md", encoding="utf-8") as f:
+    long_description = f.read()
+
+setup(
+    name="plsc",
+    version="0.1.0",
+    description="Large-scale face recognition training on PaddlePaddle: sharded PartialFC, margin heads, "
+                "RecordIO data, verification/IJB evaluation, ONNX export",
+    long_description=long_description,
+    long_description_content_type="text/markdown",
+    packages=find_packages(include=["plsc", "plsc.*"]),
+    python_requires=">=3.9",
+    install_requires=[
+        "numpy",
+        "opencv-python-headless",
+        "pyyaml",
+        "visualdl",
+        "onnx",
+        "paddle2onnx",
+        "onnxruntime",
+        "matplotlib",
+    ],
+    extras_require={
+        "cpu": ["paddlepaddle>=3.0"],
+        "gpu": ["paddlepaddle-gpu>=3.0"],
+        "test": ["pytest", "hypothesis"],
+    },
+    entry_points={
+        "console_scripts": [
+            "plsc-train=plsc.cli:train_main",
+            "plsc-eval=plsc.cli:eval_main",
+            "plsc-export=plsc.cli:export_main",
+        ]
+    },
+)
