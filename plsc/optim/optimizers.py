@@ -83,8 +83,9 @@ class ClipGradByGlobalNorm:
         norm = paddle.sqrt(sq)
         scale = self.clip_norm / paddle.maximum(norm, paddle.to_tensor(self.clip_norm, dtype="float32"))
         if scale.item() < 1.0:
-            for g in rep + sh:
-                g.multiply_(scale.astype(g.dtype))
+            with paddle.no_grad():
+                for g in rep + sh:
+                    g.multiply_(scale.astype(g.dtype))
         return norm.item()
 
 
