@@ -20,6 +20,7 @@ from plsc.engine.builders import build_backbone, build_train_loader, device_of
 from plsc.engine.dp import average_grads, barrier, broadcast_from_rank0, world
 from plsc.engine.evaluation import Evaluator
 from plsc.engine.logger import ScalarWriter, setup_logger
+from plsc.engine.watchdog import Watchdog
 from plsc.engine.resume import load_pretrained, restore_training, save_training
 from plsc.errors import ConfigError, PlscError
 from plsc.nn import build_head
@@ -36,6 +37,8 @@ class Engine:
         self.run_dir = _prepare_run_dir(g["output_dir"], cfg["Model"]["name"], self.rank)
         self.log = setup_logger(self.run_dir, self.rank, f"{mode}.log")
         self.device = device_of(cfg, self.log)
+        self.watchdog = Watchdog(self.run_dir, self.rank, self.world_size,
+                                 cfg["DistributedStrategy"]["collective_timeout"])
         self._log_config()
         paddle.seed(g["seed"])
         np.random.seed(g["seed"])
@@ -110,7 +113,9 @@ class Engine:
         for _ in range(st["batch_in_epoch"] // accum, self.steps_per_epoch):
             micro = [next(batches) for _ in range(accum)]
             timer.data_ready()
-            loss = self.train_step(micro)
+            with self.watchdog(f"train step {st['global_step'] + 1}"):
+                loss = self.train_step(micro)
+            self.watchdog.beat(st["global_step"] + 1)
             timer.step_done()
             st["batch_in_epoch"] += accum
             st["global_step"] += 1
@@ -216,14 +221,16 @@ class Engine:
         if not self.evaluator.enabled:
             return
         st = self.state
-        results = self.evaluate()
+        with self.watchdog("evaluation"):
+            results = self.evaluate()
         st["last_eval_step"] = st["global_step"]
         improved = self.evaluator.track(results, st["best"], st["global_step"], self.writer)
         if improved:
             self.save("best_model")
 
     def save(self, name):
-        save_training(self, os.path.join(self.run_dir, name))
+        with self.watchdog(f"saving checkpoint {name}"):
+            save_training(self, os.path.join(self.run_dir, name))
         self.state["last_saved_step"] = self.state["global_step"]
 
     def _log_config(self):
