@@ -1,2 +1,3 @@
 """Datasets, transforms and samplers; importing this package registers them."""
-from plsc.data import random_dataset  # noqa: F401
+from plsc.data import adaface_aug, datasets, random_dataset, samplers, transforms  # noqa: F401
+from plsc.data.transforms import build_transforms  # noqa: F401

@@ -1,0 +1,158 @@
+"""Image transforms configured as `transform_ops` lists, e.g.
+
+    [{"DecodeImage": {"to_rgb": True}}, {"RandFlipImage": {"flip_code": 1}},
+     {"NormalizeImage": {"scale": "1.0/255.0", "mean": [0.5] * 3, "std": [0.5] * 3}}, {"ToCHWImage": None}]
+
+Every op is called as `op(img, rng)`; `rng` is a numpy Generator seeded from (seed, epoch, index)
+by the dataset, so augmentation is reproducible on every rank and worker.
+"""
+import fractions
+import re
+
+import cv2
+import numpy as np
+
+from plsc.errors import ConfigError, DataError
+from plsc.registry import TRANSFORMS
+
+_FRACTION = re.compile(r"^\s*[0-9]*\.?[0-9]+(?:[eE][-+]?[0-9]+)?\s*(?:/\s*[0-9]*\.?[0-9]+(?:[eE][-+]?[0-9]+)?\s*)?$")
+
+
+def parse_number(value, what):
+    """A float from a number or a string 'a' / 'a/b' (as PLSC configs write `scale: 1.0/255.0`); no eval."""
+    if isinstance(value, (int, float)) and not isinstance(value, bool):
+        return float(value)
+    if isinstance(value, str) and _FRACTION.match(value):
+        num, _, den = value.partition("/")
+        den_v = float(den) if den.strip() else 1.0
+        if den_v == 0:
+            raise ConfigError(f"{what}: division by zero in {value!r}")
+        return float(fractions.Fraction(num.strip()) / fractions.Fraction(den.strip() or "1"))
+    raise ConfigError(f"{what}: expected a number or a fraction like '1.0/255.0', got {value!r}")
+
+
+@TRANSFORMS.register()
+class DecodeImage:
+    """Encoded bytes -> uint8 HWC image (cv2, BGR unless to_rgb; CHW if channel_first)."""
+
+    random = False
+
+    def __init__(self, to_rgb=True, channel_first=False):
+        self.to_rgb, self.channel_first = bool(to_rgb), bool(channel_first)
+
+    def __call__(self, data, rng):
+        if isinstance(data, np.ndarray) and data.ndim == 3:
+            img = data
+        else:
+            buf = np.frombuffer(data, dtype=np.uint8)
+            img = cv2.imdecode(buf, cv2.IMREAD_COLOR) if buf.size else None
+            if img is None:
+                raise DataError("cannot decode the image (not a JPEG/PNG/BMP or corrupt)")
+            if self.to_rgb:
+                img = cv2.cvtColor(img, cv2.COLOR_BGR2RGB)
+        return img.transpose(2, 0, 1) if self.channel_first else img
+
+
+@TRANSFORMS.register()
+class RandFlipImage:
+    """Flip with probability `prob`; flip_code 1 horizontal, 0 vertical, -1 both (cv2 convention)."""
+
+    random = True
+
+    def __init__(self, flip_code=1, prob=0.5):
+        if flip_code not in (-1, 0, 1):
+            raise ConfigError(f"RandFlipImage.flip_code must be 1, 0 or -1, got {flip_code!r}")
+        self.flip_code, self.prob = flip_code, float(prob)
+
+    def __call__(self, img, rng):
+        if rng.random() < self.prob:
+            return cv2.flip(img, self.flip_code)
+        return img
+
+
+@TRANSFORMS.register()
+class NormalizeImage:
+    """(img * scale - mean) / std as float32, fused into one multiply-add. order 'hwc' (or '') / 'chw'."""
+
+    random = False
+
+    def __init__(self, scale="1.0/255.0", mean=(0.5, 0.5, 0.5), std=(0.5, 0.5, 0.5), order="", to_chw=False):
+        if order not in ("", "hwc", "chw"):
+            raise ConfigError(f"NormalizeImage.order must be '', 'hwc' or 'chw', got {order!r}")
+        scale = parse_number(scale, "NormalizeImage.scale")
+        mean = np.asarray([parse_number(m, "NormalizeImage.mean") for m in mean], np.float32)
+        std = np.asarray([parse_number(s, "NormalizeImage.std") for s in std], np.float32)
+        if mean.size != 3 or std.size != 3 or np.any(std == 0):
+            raise ConfigError("NormalizeImage: mean and std need 3 values and std must be non-zero")
+        self.order, self.to_chw = order or "hwc", bool(to_chw)
+        self.mul = (scale / std).astype(np.float32)
+        self.add = (-mean / std).astype(np.float32)
+
+    def __call__(self, img, rng):
+        if self.order == "chw" or self.to_chw:
+            src = img if self.order == "chw" else img.transpose(2, 0, 1)
+            out = np.multiply(src, self.mul[:, None, None], dtype=np.float32)
+            out += self.add[:, None, None]
+        else:
+            out = np.multiply(img, self.mul, dtype=np.float32)
+            out += self.add
+        return out
+
+
+@TRANSFORMS.register()
+class ToCHWImage:
+    random = False
+
+    def __call__(self, img, rng):
+        return np.ascontiguousarray(img.transpose(2, 0, 1))
+
+
+class Compose:
+    def __init__(self, ops):
+        ops = list(ops)
+        # NormalizeImage directly followed by ToCHWImage: transpose inside the multiply (one pass).
+        for i in range(len(ops) - 1):
+            if isinstance(ops[i], NormalizeImage) and isinstance(ops[i + 1], ToCHWImage) and ops[i].order == "hwc":
+                ops[i].to_chw = True
+                ops[i + 1] = _Identity()
+        self.ops = [op for op in ops if not isinstance(op, _Identity)]
+        self.random = any(getattr(op, "random", True) for op in self.ops)
+
+    def __call__(self, data, rng, source):
+        try:
+            for op in self.ops:
+                data = op(data, rng)
+        except DataError as e:
+            raise DataError(f"{source}: {e}") from None
+        except cv2.error as e:
+            raise DataError(f"{source}: image transform failed ({str(e).strip()[:200]})") from None
+        return data
+
+
+class _Identity:
+    random = False
+
+    def __call__(self, img, rng):
+        return img
+
+
+def build_transforms(ops, seed=0):
+    """[{Name: {kwargs}} ...] -> Compose. `seed` is kept for symmetry with the datasets (rng is per sample)."""
+    built = []
+    for i, item in enumerate(ops or []):
+        if not isinstance(item, dict) or len(item) != 1:
+            raise ConfigError(f"transform_ops[{i}]: expected a mapping {{Name: {{kwargs}}}}, got {item!r}")
+        name, kwargs = next(iter(item.items()))
+        cls = TRANSFORMS.get(name)
+        try:
+            built.append(cls(**(kwargs or {})))
+        except TypeError as e:
+            raise ConfigError(f"transform_ops[{i}] {name}: {e}") from None
+    return Compose(built)
+
+
+DEFAULT_OPS = [
+    {"DecodeImage": {"to_rgb": True}},
+    {"NormalizeImage": {"scale": "1.0/255.0", "mean": [0.5, 0.5, 0.5], "std": [0.5, 0.5, 0.5]}},
+    {"ToCHWImage": None},
+]

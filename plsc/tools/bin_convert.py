@@ -1,0 +1,105 @@
+"""plsc-bin-convert: verification .bin <-> image pairs + PLSC pairs label.txt.
+
+    plsc-bin-convert to-pairs lfw.bin OUTPUT_DIR [--flip] [--force]
+    plsc-bin-convert to-bin PAIRS_DIR OUT.bin [--label-file label.txt] [--drop-hflip] [--force]
+
+to-pairs writes OUTPUT_DIR/images/%08d_0.<ext>, %08d_1.<ext> (the encoded bytes unchanged) and
+OUTPUT_DIR/label.txt (`images/a<TAB>images/b<TAB>issame`, as PLSC's converter writes it); --flip adds
+horizontally flipped PNG copies (`%08d_0_hflip.png`) as extra lines. to-bin packs every line of the
+label file (--drop-hflip leaves out lines whose two images are *_hflip.*) into an insightface .bin.
+"""
+import argparse
+import os
+import sys
+
+import cv2
+import numpy as np
+
+from plsc.data.bin import load_bin, save_bin
+from plsc.data.label_files import check_outputs, read_pair_labels, sniff_ext
+from plsc.errors import DataError, PlscError
+
+
+def bin_to_pairs(bin_path, out_dir, flip=False, force=False):
+    images, issame = load_bin(bin_path)
+    label_path, image_dir = os.path.join(out_dir, "label.txt"), os.path.join(out_dir, "images")
+    check_outputs([label_path, image_dir], force)
+    os.makedirs(image_dir, exist_ok=True)
+    lines, flipped = [], []
+    for p, same in enumerate(issame):
+        names = []
+        for j in range(2):
+            data = images[2 * p + j]
+            name = f"images/{p:08d}_{j}{sniff_ext(data)}"
+            with open(os.path.join(out_dir, name), "wb") as f:
+                f.write(data)
+            names.append(name)
+            if flip:
+                img = cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_COLOR)
+                if img is None:
+                    raise DataError(f"{bin_path}: image {2 * p + j} cannot be decoded")
+                fname = f"images/{p:08d}_{j}_hflip.png"
+                cv2.imwrite(os.path.join(out_dir, fname), cv2.flip(img, 1))
+                flipped.append(fname)
+        lines.append(f"{names[0]}\t{names[1]}\t{int(same)}\n")
+    if flip:
+        lines += [f"{flipped[2 * p]}\t{flipped[2 * p + 1]}\t{int(s)}\n" for p, s in enumerate(issame)]
+    with open(label_path, "w") as f:
+        f.writelines(lines)
+    return len(issame)
+
+
+def pairs_to_bin(pairs_dir, out_bin, label_file=None, drop_hflip=False, force=False):
+    label_file = label_file or os.path.join(pairs_dir, "label.txt")
+    check_outputs([out_bin], force)
+    pairs, issame = read_pair_labels(label_file)
+    images, kept = [], []
+    for (a, b), same in zip(pairs, issame):
+        if drop_hflip and all(os.path.splitext(x)[0].endswith("_hflip") for x in (a, b)):
+            continue
+        for rel in (a, b):
+            path = os.path.join(pairs_dir, rel)
+            try:
+                with open(path, "rb") as f:
+                    data = f.read()
+            except OSError as e:
+                raise DataError(f"cannot read image {path}: {e.strerror}") from None
+            if not data or cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_COLOR) is None:
+                raise DataError(f"cannot decode image {path}")
+            images.append(data)
+        kept.append(same)
+    save_bin(out_bin + ".part", images, kept)
+    os.replace(out_bin + ".part", out_bin)
+    return len(kept)
+
+
+def main(argv=None):
+    ap = argparse.ArgumentParser(prog="plsc-bin-convert", description=__doc__.split("\n")[0])
+    sub = ap.add_subparsers(dest="cmd", required=True)
+    a = sub.add_parser("to-pairs", help=".bin -> images + label.txt")
+    a.add_argument("bin_path")
+    a.add_argument("output_dir")
+    a.add_argument("--flip", action="store_true", help="also write horizontally flipped copies")
+    a.add_argument("--force", action="store_true")
+    b = sub.add_parser("to-bin", help="images + label.txt -> .bin")
+    b.add_argument("pairs_dir")
+    b.add_argument("out_bin")
+    b.add_argument("--label-file", default=None, help="default: PAIRS_DIR/label.txt")
+    b.add_argument("--drop-hflip", action="store_true", help="leave out *_hflip pairs")
+    b.add_argument("--force", action="store_true")
+    args = ap.parse_args(argv)
+    try:
+        if args.cmd == "to-pairs":
+            n = bin_to_pairs(args.bin_path, args.output_dir, args.flip, args.force)
+            print(f"wrote {n} pairs{' (+ flipped copies)' if args.flip else ''} to {args.output_dir}")
+        else:
+            n = pairs_to_bin(args.pairs_dir, args.out_bin, args.label_file, args.drop_hflip, args.force)
+            print(f"wrote {n} pairs to {args.out_bin}")
+    except PlscError as e:
+        print(f"plsc-bin-convert: error: {e}", file=sys.stderr)
+        return 2
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

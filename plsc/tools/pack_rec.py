@@ -1,0 +1,134 @@
+"""plsc-pack-rec: pack images into an insightface-layout RecordIO (train.rec, train.idx, train.lst).
+
+    plsc-pack-rec INPUT OUTPUT_DIR [--image-root DIR] [--encode keep|jpg|png] [--quality 95] [--workers N] [--force]
+
+INPUT is a folder with one subfolder per identity (labels 0.. in sorted subfolder order) or a PLSC
+label.txt (`relpath<TAB>label`, paths relative to --image-root, default the label file's folder).
+Record 0 holds the identity key range, keys 1..N the images (sorted by label), then one record per
+identity with its [start, end) image keys; train.lst lists `key<TAB>label<TAB>relpath`.
+--encode keep stores the file bytes unchanged (after checking they decode); jpg/png re-encode.
+"""
+import argparse
+import os
+import sys
+from multiprocessing import Pool
+
+import cv2
+import numpy as np
+
+from plsc.data.label_files import check_outputs, read_train_labels, safe_relpath
+from plsc.data.recordio import IndexedRecordIOWriter, pack
+from plsc.errors import DataError, PlscError
+
+_IMAGE_EXT = (".jpg", ".jpeg", ".png", ".bmp")
+
+
+def list_folder(root):
+    """-> (relative paths, labels) for root/<identity>/<image>."""
+    if not os.path.isdir(root):
+        raise DataError(f"input folder not found: {root}")
+    ids = sorted(d for d in os.listdir(root) if os.path.isdir(os.path.join(root, d)))
+    if not ids:
+        raise DataError(f"{root}: no identity subfolders (expected one folder per identity)")
+    paths, labels = [], []
+    for label, d in enumerate(ids):
+        for name in sorted(os.listdir(os.path.join(root, d))):
+            if name.lower().endswith(_IMAGE_EXT):
+                paths.append(f"{d}/{name}")
+                labels.append(label)
+    if not paths:
+        raise DataError(f"{root}: no images ({', '.join(_IMAGE_EXT)}) in the identity subfolders")
+    return paths, labels
+
+
+def _encode(job):
+    path, encode, quality = job
+    try:
+        with open(path, "rb") as f:
+            data = f.read()
+    except OSError as e:
+        raise DataError(f"cannot read image {path}: {e.strerror}") from None
+    img = cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_COLOR) if data else None
+    if img is None:
+        raise DataError(f"cannot decode image {path}")
+    if encode == "keep":
+        return data, img.shape
+    params = [cv2.IMWRITE_JPEG_QUALITY, quality] if encode == "jpg" else [cv2.IMWRITE_PNG_COMPRESSION, 3]
+    ok, buf = cv2.imencode("." + encode, img, params)
+    if not ok:
+        raise DataError(f"cannot encode image {path} as {encode}")
+    return buf.tobytes(), img.shape
+
+
+def pack_images(paths, labels, image_root, out_dir, encode="keep", quality=95, workers=1, name="train",
+                force=False, log=print):
+    """Write out_dir/{name}.rec/.idx/.lst; -> (number of images, number of classes)."""
+    if encode not in ("keep", "jpg", "png"):
+        raise DataError(f"--encode must be keep, jpg or png, got {encode!r}")
+    if not 1 <= quality <= 100:
+        raise DataError(f"--quality must be in [1, 100], got {quality}")
+    outs = [os.path.join(out_dir, name + ext) for ext in (".rec", ".idx", ".lst")]
+    check_outputs(outs, force)
+    os.makedirs(out_dir, exist_ok=True)
+    order = sorted(range(len(paths)), key=lambda i: (labels[i], i))
+    num_classes = max(labels) + 1
+    jobs = [(os.path.join(image_root, safe_relpath(paths[i], image_root)), encode, quality) for i in order]
+    tmp = [p + ".part" for p in outs]
+    pool = Pool(workers) if workers > 1 else None
+    try:
+        results = pool.imap(_encode, jobs, chunksize=64) if pool else map(_encode, jobs)
+        with IndexedRecordIOWriter(tmp[1], tmp[0]) as w, open(tmp[2], "w") as lst:
+            w.write(0, pack([len(jobs) + 1, len(jobs) + 1 + num_classes], b""))
+            starts = np.zeros(num_classes + 1, np.int64)
+            for key, (i, (data, shape)) in enumerate(zip(order, results), 1):
+                w.write(key, pack(float(labels[i]), data, id=key))
+                lst.write(f"{key}\t{labels[i]}\t{paths[i]}\n")
+                starts[labels[i] + 1] += 1
+                if key % 10000 == 0:
+                    log(f"packed {key}/{len(jobs)} images")
+            bounds = 1 + np.cumsum(starts)
+            for c in range(num_classes):
+                key = len(jobs) + 1 + c
+                w.write(key, pack([bounds[c], bounds[c + 1]], b"", id=key))
+    except BaseException:
+        for t in tmp:
+            if os.path.exists(t):
+                os.remove(t)
+        raise
+    finally:
+        if pool:
+            pool.terminate()
+    for t, o in zip(tmp, outs):
+        os.replace(t, o)
+    return len(jobs), num_classes
+
+
+def main(argv=None):
+    ap = argparse.ArgumentParser(prog="plsc-pack-rec", description=__doc__.split("\n")[0])
+    ap.add_argument("input", help="identity folder tree or label.txt")
+    ap.add_argument("output_dir")
+    ap.add_argument("--image-root", default=None, help="root of the label.txt paths (default: its folder)")
+    ap.add_argument("--encode", default="keep", choices=["keep", "jpg", "png"])
+    ap.add_argument("--quality", type=int, default=95, help="JPEG quality for --encode jpg")
+    ap.add_argument("--workers", type=int, default=max(1, (os.cpu_count() or 1)))
+    ap.add_argument("--name", default="train", help="output file stem")
+    ap.add_argument("--force", action="store_true", help="overwrite existing outputs")
+    args = ap.parse_args(argv)
+    try:
+        if os.path.isfile(args.input):
+            root = args.image_root or os.path.dirname(os.path.abspath(args.input))
+            paths, labels = read_train_labels(args.input)
+        else:
+            root = args.input
+            paths, labels = list_folder(args.input)
+        n, c = pack_images(paths, labels, root, args.output_dir, args.encode, args.quality, args.workers,
+                           args.name, args.force)
+    except PlscError as e:
+        print(f"plsc-pack-rec: error: {e}", file=sys.stderr)
+        return 2
+    print(f"packed {n} images of {c} identities into {os.path.join(args.output_dir, args.name)}.rec")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

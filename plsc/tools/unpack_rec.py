@@ -1,0 +1,56 @@
+"""plsc-unpack-rec: extract a RecordIO dataset to images + a PLSC label.txt.
+
+    plsc-unpack-rec REC_DIR OUTPUT_DIR [--name train] [--force]
+
+Writes OUTPUT_DIR/images/<key 8 digits>.<jpg|png> (the stored bytes, unchanged) and
+OUTPUT_DIR/label.txt (`images/<file><TAB>label`), ready for FaceIdentificationDataset
+{image_root: OUTPUT_DIR, cls_label_path: OUTPUT_DIR/label.txt}.
+"""
+import argparse
+import os
+import sys
+
+import numpy as np
+
+from plsc.data.datasets import describe
+from plsc.data.label_files import check_outputs, sniff_ext
+from plsc.data.recordio import IndexedRecordIO
+from plsc.errors import PlscError
+
+
+def unpack_rec(rec_dir, out_dir, name="train", force=False):
+    rec = IndexedRecordIO(os.path.join(rec_dir, name + ".idx"), os.path.join(rec_dir, name + ".rec"))
+    _, keys, _ = describe(rec)
+    label_path, image_dir = os.path.join(out_dir, "label.txt"), os.path.join(out_dir, "images")
+    check_outputs([label_path, image_dir], force)
+    os.makedirs(image_dir, exist_ok=True)
+    with open(label_path + ".part", "w") as f:
+        for key in keys:
+            _, label, _, _, payload = rec.read(key)
+            label = int(label if np.ndim(label) == 0 else label[0])
+            fname = f"{int(key):08d}{sniff_ext(payload)}"
+            with open(os.path.join(image_dir, fname), "wb") as img:
+                img.write(payload)
+            f.write(f"images/{fname}\t{label}\n")
+    os.replace(label_path + ".part", label_path)
+    return len(keys)
+
+
+def main(argv=None):
+    ap = argparse.ArgumentParser(prog="plsc-unpack-rec", description=__doc__.split("\n")[0])
+    ap.add_argument("rec_dir", help="folder with <name>.rec and <name>.idx")
+    ap.add_argument("output_dir")
+    ap.add_argument("--name", default="train")
+    ap.add_argument("--force", action="store_true", help="overwrite existing outputs")
+    args = ap.parse_args(argv)
+    try:
+        n = unpack_rec(args.rec_dir, args.output_dir, args.name, args.force)
+    except PlscError as e:
+        print(f"plsc-unpack-rec: error: {e}", file=sys.stderr)
+        return 2
+    print(f"wrote {n} images and {os.path.join(args.output_dir, 'label.txt')}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
