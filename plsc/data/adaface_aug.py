@@ -76,7 +76,8 @@ class AdaFaceLowRes:
         h, w = img.shape[:2]
         r = rng.uniform(self.min_ratio, 1.0)
         small = (max(1, int(r * w)), max(1, int(r * h)))
-        down, up = (_INTERPOLATIONS[i] for i in rng.integers(0, len(_INTERPOLATIONS), size=2))
+        down = _INTERPOLATIONS[int(rng.integers(0, len(_INTERPOLATIONS)))]
+        up = _INTERPOLATIONS[int(rng.integers(0, len(_INTERPOLATIONS)))]
         tiny = cv2.resize(np.ascontiguousarray(img), small, interpolation=down)
         return cv2.resize(tiny, (w, h), interpolation=up)
 
@@ -94,7 +95,7 @@ class AdaFacePhotometric:
             return img
         out = img.astype(np.float32)
         factors = [rng.uniform(max(0.0, 1 - j), 1 + j) for j in self.jitter]
-        for k in rng.permutation(3):
+        for k in rng.permutation(3):  # random order
             f = factors[k]
             if k == 0:  # brightness: blend with black
                 out *= f

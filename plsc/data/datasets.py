@@ -5,30 +5,34 @@
 - FaceVerificationDataset {image_root, cls_label_path, delimiter}: PLSC's pairs list; item 2p and
   2p+1 are the two images of pair p, the label is the pair's issame (0/1); `.issame` has one per pair.
 - FaceBinDataset {bin_path}: insightface verification .bin, same item layout as FaceVerificationDataset.
-Augmentation randomness is drawn from np.random.default_rng([seed, epoch, index]).
+Augmentation randomness is drawn from SampleRandom(seed, epoch, index) (plsc/data/transforms.py).
 """
 import os
 
+import cv2
 import numpy as np
 
 from plsc.data.bin import load_bin
 from plsc.data.label_files import read_pair_labels, read_train_labels
 from plsc.data.recordio import IndexedRecordIO
-from plsc.data.transforms import DEFAULT_OPS, build_transforms
+from plsc.data.transforms import DEFAULT_OPS, SampleRandom, build_transforms
 from plsc.errors import DataError
 from plsc.registry import DATASETS
 
 
 class _FaceDataset:
     def __init__(self, transform_ops, seed):
-        self.seed, self.epoch = int(seed), 0
+        self.seed, self.epoch, self._pid = int(seed), 0, os.getpid()
         self.transform = build_transforms(DEFAULT_OPS if transform_ops is None else transform_ops, seed)
 
     def set_epoch(self, epoch):
         self.epoch = int(epoch)
 
     def _apply(self, data, index, source):
-        rng = np.random.default_rng([self.seed, self.epoch, index]) if self.transform.random else None
+        if self._pid != os.getpid():  # first item in a forked DataLoader worker: one cv2 thread per worker
+            cv2.setNumThreads(1)
+            self._pid = os.getpid()
+        rng = SampleRandom(self.seed, self.epoch, index) if self.transform.random else None
         img = self.transform(data, rng, source)
         if not isinstance(img, np.ndarray) or img.ndim != 3 or img.dtype != np.float32:
             raise DataError(f"{source}: transform_ops produced {getattr(img, 'dtype', type(img))} "

@@ -3,10 +3,13 @@
     [{"DecodeImage": {"to_rgb": True}}, {"RandFlipImage": {"flip_code": 1}},
      {"NormalizeImage": {"scale": "1.0/255.0", "mean": [0.5] * 3, "std": [0.5] * 3}}, {"ToCHWImage": None}]
 
-Every op is called as `op(img, rng)`; `rng` is a numpy Generator seeded from (seed, epoch, index)
-by the dataset, so augmentation is reproducible on every rank and worker.
+Every op is called as `op(img, rng)`; `rng` is a SampleRandom seeded from exactly (seed, epoch, index)
+by the dataset, so augmentation is reproducible on every rank and worker. Ops use only
+rng.random(), rng.uniform(a, b), rng.integers(lo, hi) and rng.permutation(n), which a numpy
+Generator provides too. Float work is done by cv2 (numpy's uint8->float ufuncs are ~4x slower).
 """
 import fractions
+import random
 import re
 
 import cv2
@@ -29,6 +32,23 @@ def parse_number(value, what):
             raise ConfigError(f"{what}: division by zero in {value!r}")
         return float(fractions.Fraction(num.strip()) / fractions.Fraction(den.strip() or "1"))
     raise ConfigError(f"{what}: expected a number or a fraction like '1.0/255.0', got {value!r}")
+
+
+class SampleRandom(random.Random):
+    """Python's Mersenne Twister seeded from the exact tuple (seed, epoch, index): ~5 us to create,
+    against ~20 us for np.random.default_rng([seed, epoch, index])."""
+
+    def __init__(self, seed, epoch, index):
+        m = (1 << 64) - 1
+        super().__init__(((seed & m) << 128) | ((epoch & m) << 64) | (index & m))
+
+    def integers(self, low, high):
+        return self.randrange(low, high)
+
+    def permutation(self, n):
+        order = list(range(n))
+        self.shuffle(order)
+        return order
 
 
 @TRANSFORMS.register()
@@ -89,14 +109,16 @@ class NormalizeImage:
         self.add = (-mean / std).astype(np.float32)
 
     def __call__(self, img, rng):
+        chans = list(img) if self.order == "chw" else cv2.split(np.ascontiguousarray(img))
+        if len(chans) != 3:
+            raise DataError(f"NormalizeImage expects 3 channels, got an image of shape {img.shape}")
         if self.order == "chw" or self.to_chw:
-            src = img if self.order == "chw" else img.transpose(2, 0, 1)
-            out = np.multiply(src, self.mul[:, None, None], dtype=np.float32)
-            out += self.add[:, None, None]
-        else:
-            out = np.multiply(img, self.mul, dtype=np.float32)
-            out += self.add
-        return out
+            out = np.empty((3,) + chans[0].shape, np.float32)
+            for k, ch in enumerate(chans):
+                cv2.addWeighted(ch, float(self.mul[k]), ch, 0.0, float(self.add[k]), dst=out[k], dtype=cv2.CV_32F)
+            return out
+        return cv2.merge([cv2.addWeighted(ch, float(self.mul[k]), ch, 0.0, float(self.add[k]), dtype=cv2.CV_32F)
+                          for k, ch in enumerate(chans)])
 
 
 @TRANSFORMS.register()
