@@ -114,6 +114,19 @@ def test_every_dataset_through_a_dataloader_with_two_workers(tmp_path):
     x, y = _loader_items(ds)
     assert x.shape == (7, 3, 112, 112) and x.dtype == np.float32 and list(y) == labels
     np.testing.assert_allclose(x[4], _expected(4), atol=1e-5)
+    import paddle
+
+    seen = []
+    for rank in range(2):  # the distributed sampler as a DataLoader batch_sampler, each rank's shard
+        s = SAMPLERS.build("DistributedBatchSampler", dataset=ds, batch_size=2, shuffle=True, drop_last=False,
+                           seed=1, rank=rank, world_size=2)
+        s.set_epoch(3)
+        loader = paddle.io.DataLoader(ds, batch_sampler=s, num_workers=2)
+        got = [lab for _, y in loader for lab in y.numpy().tolist()]
+        assert len(got) == 4
+        seen += [i for b in s for i in b]
+        assert got == [labels[i] for b in s for i in b]
+    assert sorted(set(seen)) == list(range(7)) and len(seen) == 8  # 7 samples padded to 8 by wrapping
 
     root = tmp_path / "folder"
     (root / "img").mkdir(parents=True)
