@@ -66,7 +66,7 @@ def test_header_and_framing_bytes_match_the_spec(tmp_path):
 
 
 def test_round_trip_both_layouts_with_multipart(tmp_path):
-    payloads = [png(i) for i in range(5)] + [b"head" + MAGIC + b"tail" + MAGIC * 3 + b"q"]
+    payloads = [png(i) for i in range(4)] + [MAGIC + b"x", b"head" + MAGIC + b"tail" + MAGIC * 3 + b"q"]
     labels = [0, 0, 1, 1, 2, 2]
     write_insightface(str(tmp_path / "a"), labels, payloads)
     rec = R.IndexedRecordIO(str(tmp_path / "a/train.idx"), str(tmp_path / "a/train.rec"))
@@ -74,6 +74,8 @@ def test_round_trip_both_layouts_with_multipart(tmp_path):
         flag, lab, id_, id2, p = rec.read(k)
         assert flag == 2 and lab[0] == labels[k - 1] and lab[1] == 7.0 and (id_, id2) == (k, 3)
         assert p == payloads[k - 1]
+        hdr = rec.read_header(k)  # header-only read
+        assert hdr[0] == 2 and list(hdr[1]) == [labels[k - 1], 7.0] and hdr[2:] == (k, 3)
     assert list(rec.read(0)[1]) == [7, 10] and list(rec.read(7 + 1)[1]) == [3, 5]  # identity 1: keys [3, 5)
     # plain im2rec layout: flag 0, label = class, keys from 0
     os.makedirs(tmp_path / "b")
@@ -86,6 +88,15 @@ def test_round_trip_both_layouts_with_multipart(tmp_path):
         assert (flag, lab, id_, p) == (0, labels[k], k, payloads[k])
     ds = DATASETS.build("FaceRecordIODataset", root_dir=str(tmp_path / "b"), transform_ops=None, seed=0)
     assert ds.layout == "im2rec" and ds.num_classes == 3 and len(ds) == 6
+    # the magic inside the label array: the record splits within its header; read_header falls back
+    os.makedirs(tmp_path / "c")
+    weird = np.frombuffer(MAGIC, "<f4")[0]
+    with R.IndexedRecordIOWriter(str(tmp_path / "c/train.idx"), str(tmp_path / "c/train.rec")) as w:
+        w.write(0, R.pack([1.0, weird], b"img"))
+    rec = R.IndexedRecordIO(str(tmp_path / "c/train.idx"), str(tmp_path / "c/train.rec"))
+    assert open(tmp_path / "c/train.rec", "rb").read()[4:8] == ((1 << 29) | 24).to_bytes(4, "little")
+    flag, lab, _, _ = rec.read_header(0)
+    assert flag == 2 and lab[0] == 1.0 and lab[1].tobytes() == MAGIC and rec.read(0)[4] == b"img"
 
 
 def _loader_items(ds, workers=2):

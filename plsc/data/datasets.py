@@ -84,7 +84,7 @@ def describe(rec):
     keys = np.sort(rec.keys)
     max_label = -1
     for k in keys:  # plain im2rec: the class count is the largest label + 1 (headers only)
-        _, label, _, _, _ = rec.read(k)
+        _, label, _, _ = rec.read_header(k)
         max_label = max(max_label, int(label if np.ndim(label) == 0 else label[0]))
     return "im2rec", keys, max_label + 1
 

@@ -186,6 +186,21 @@ class IndexedRecordIO:
         payload, used = parse_record(buf, self.rec_path, key, off)
         return (payload, used) if with_size else payload
 
+    def read_header(self, key):
+        """-> (flag, label, id, id2) of record `key`, reading only its first bytes when possible."""
+        key = int(key)
+        if key not in self._span:
+            raise DataError(f"{self.idx_path}: key {key} is not in the index")
+        off, end = self._span[key]
+        buf = os.pread(self._handle(), min(end - off, 512), off)
+        if len(buf) >= 8 + HEADER.size:
+            magic, lrec = _LREC.unpack_from(buf, 0)
+            flag = struct.unpack_from("<I", buf, 8)[0]
+            need = HEADER.size + 4 * flag
+            if magic == MAGIC and (lrec & MAX_PART) >= need and 8 + need <= len(buf):
+                return unpack(buf[8:8 + need], f"{self.rec_path}: key {key}")[:4]
+        return self.read(key)[:4]
+
     def read(self, key):
         """-> (flag, label, id, id2, payload) of record `key`."""
         return unpack(self.read_at(key), f"{self.rec_path}: key {key}")
