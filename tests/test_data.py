@@ -94,7 +94,7 @@ def test_round_trip_both_layouts_with_multipart(tmp_path):
     with R.IndexedRecordIOWriter(str(tmp_path / "c/train.idx"), str(tmp_path / "c/train.rec")) as w:
         w.write(0, R.pack([1.0, weird], b"img"))
     rec = R.IndexedRecordIO(str(tmp_path / "c/train.idx"), str(tmp_path / "c/train.rec"))
-    assert open(tmp_path / "c/train.rec", "rb").read()[4:8] == ((1 << 29) | 24).to_bytes(4, "little")
+    assert open(tmp_path / "c/train.rec", "rb").read()[4:8] == ((1 << 29) | 28).to_bytes(4, "little")
     flag, lab, _, _ = rec.read_header(0)
     assert flag == 2 and lab[0] == 1.0 and lab[1].tobytes() == MAGIC and rec.read(0)[4] == b"img"
 
