@@ -191,6 +191,18 @@ def test_crop_keeps_a_box_and_zeros_the_rest():
     assert 0.2 * 112 * 112 * 0.9 <= box.shape[0] * box.shape[1] <= 112 * 112
 
 
+def test_photometric_brightness_matches_its_factor():
+    from plsc.data.transforms import SampleRandom
+
+    img = cv2.cvtColor(image(3), cv2.COLOR_BGR2RGB)
+    op = build_transforms([{"AdaFacePhotometric": {"prob": 1.0, "contrast": 0.0, "saturation": 0.0}}]).ops[0]
+    replay = SampleRandom(7, 1, 2)
+    replay.random()
+    f = replay.uniform(0.5, 1.5)
+    expected = np.clip(np.rint(img.astype(np.float64) * f), 0, 255)
+    assert np.abs(op(img, SampleRandom(7, 1, 2)).astype(np.float64) - expected).max() <= 1
+
+
 def test_transforms_deterministic_under_seed_and_vary_with_epoch(tmp_path):
     ops = [{"DecodeImage": {"to_rgb": True}}, {"AdaFaceCrop": {"prob": 0.5}}, {"AdaFaceLowRes": {"prob": 0.5}},
            {"AdaFacePhotometric": {"prob": 0.5}}] + TRAIN_OPS[1:]

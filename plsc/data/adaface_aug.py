@@ -93,17 +93,16 @@ class AdaFacePhotometric:
     def __call__(self, img, rng):
         if rng.random() >= self.prob:
             return img
-        out = img.astype(np.float32)
+        out = np.ascontiguousarray(img)
         factors = [rng.uniform(max(0.0, 1 - j), 1 + j) for j in self.jitter]
-        for k in rng.permutation(3):  # random order
+        for k in rng.permutation(3):  # random order; each step rounds and saturates to uint8 like PIL
             f = factors[k]
             if k == 0:  # brightness: blend with black
-                out *= f
-            else:
-                gray = out[..., 0] * 0.299 + out[..., 1] * 0.587 + out[..., 2] * 0.114
-                if k == 1:  # contrast: blend with the mean gray level
-                    out = out * f + (1 - f) * float(gray.mean())
-                else:  # saturation: blend with the gray image
-                    out = out * f + (1 - f) * gray[..., None]
-            np.clip(out, 0, 255, out=out)
-        return np.rint(out).astype(np.uint8)
+                out = cv2.addWeighted(out, f, out, 0.0, 0.0)
+            elif k == 1:  # contrast: blend with the mean gray level
+                mean = float(cv2.cvtColor(out, cv2.COLOR_RGB2GRAY).mean())
+                out = cv2.addWeighted(out, f, out, 0.0, (1.0 - f) * mean)
+            else:  # saturation: blend with the gray image
+                gray = cv2.cvtColor(cv2.cvtColor(out, cv2.COLOR_RGB2GRAY), cv2.COLOR_GRAY2RGB)
+                out = cv2.addWeighted(out, f, gray, 1.0 - f, 0.0)
+        return out
