@@ -218,6 +218,14 @@ def test_transforms_deterministic_under_seed_and_vary_with_epoch(tmp_path):
     assert not np.array_equal(a, run(1, 1)) and not np.array_equal(a, run(2, 0))
 
 
+def test_channel_first_pipeline_matches_default():
+    data = png(2)
+    chw = build_transforms([{"DecodeImage": {"to_rgb": True, "channel_first": True}},
+                            {"RandFlipImage": {"flip_code": 1, "prob": 1.0}},
+                            {"NormalizeImage": {"order": "chw"}}])(data, np.random.default_rng(0), "x")
+    np.testing.assert_allclose(chw, _expected(2, flip=True), atol=1e-5)
+
+
 def test_normalize_scale_parsing():
     assert parse_number("1.0/255.0", "s") == pytest.approx(1 / 255)
     assert parse_number("0.5", "s") == 0.5 and parse_number(2, "s") == 2.0

@@ -85,9 +85,12 @@ class RandFlipImage:
         self.flip_code, self.prob = flip_code, float(prob)
 
     def __call__(self, img, rng):
-        if rng.random() < self.prob:
-            return cv2.flip(img, self.flip_code)
-        return img
+        if rng.random() >= self.prob:
+            return img
+        if img.shape[0] == 3 and img.shape[-1] != 3:  # CHW (DecodeImage channel_first: True)
+            axes = {1: (2,), 0: (1,), -1: (1, 2)}[self.flip_code]
+            return np.ascontiguousarray(np.flip(img, axes))
+        return cv2.flip(img, self.flip_code)
 
 
 @TRANSFORMS.register()
