@@ -1,0 +1,216 @@
+"""plsc.export / plsc.inference: Paddle inference + ONNX export of backbones, parity, metadata, bad input."""
+import json
+import os
+
+import numpy as np
+import paddle
+import pytest
+
+from plsc.errors import CheckpointError, ConfigError, PlscError
+from plsc.export import ExportError, export_model, run_parity
+from plsc.inference import load_embedder
+
+
+class TinyNet(paddle.nn.Layer):
+    """conv + BN + PReLU + linear + BN1D: the op mix of the face backbones, at a size that exports in ~1 s."""
+
+    def __init__(self, num_features=16):
+        super().__init__()
+        self.conv = paddle.nn.Conv2D(3, 8, 3, stride=4, padding=1)
+        self.bn = paddle.nn.BatchNorm2D(8)
+        self.act = paddle.nn.PReLU(8)
+        self.fc = paddle.nn.Linear(8 * 28 * 28, num_features)
+        self.features = paddle.nn.BatchNorm1D(num_features)
+
+    def forward(self, x):
+        x = self.act(self.bn(self.conv(x)))
+        return self.features(self.fc(paddle.flatten(x, 1)))
+
+
+def _tiny(seed=0):
+    paddle.seed(seed)
+    model = TinyNet()
+    # non-trivial BN statistics, so that a forgotten eval() or a dropped buffer shows up
+    for bn in (model.bn, model.features):
+        bn._mean.set_value(paddle.uniform(bn._mean.shape, min=-0.5, max=0.5))
+        bn._variance.set_value(paddle.uniform(bn._variance.shape, min=0.5, max=2.0))
+    model.train()  # export must switch to eval itself
+    return model
+
+
+def _dygraph(model, x):
+    model.eval()
+    with paddle.no_grad():
+        return model(paddle.to_tensor(x)).numpy()
+
+
+def _rel(a, b):
+    return np.abs(a - b).max() / np.abs(b).max()
+
+
+def _images(n, seed=1):
+    return np.random.default_rng(seed).uniform(-1, 1, (n, 3, 112, 112)).astype(np.float32)
+
+
+@pytest.fixture(scope="module")
+def onnx_export(tmp_path_factory):
+    model = _tiny()
+    out = str(tmp_path_factory.mktemp("onnx_export"))
+    result = export_model(model, out, export_type="onnx", input_shape=(None, 3, 112, 112), opset_version=11,
+                          meta={"model_name": "TinyNet", "embedding_size": 16, "source_config": {"Model": {"x": 1}}})
+    return model, out, result
+
+
+def test_onnx_export_files_meta_and_parity(onnx_export, capsys):
+    model, out, result = onnx_export
+    for key in ("model_file", "params_file", "onnx_file", "meta_file"):
+        assert os.path.isfile(result[key]), key
+    assert set(result["parity"]) == {"paddle_inference", "onnxruntime"}
+    for entry in result["parity"].values():
+        assert entry["ok"] and entry["max_rel_err"] < 1e-3
+        assert set(k for k in entry if k.startswith("batch_")) == {"batch_1", "batch_4"}
+    meta = json.load(open(result["meta_file"]))
+    assert meta["input_shape"] == [None, 3, 112, 112]
+    assert meta["mean"] == [0.5] * 3 and meta["std"] == [0.5] * 3
+    assert meta["channel_order"] == "RGB" and meta["layout"] == "NCHW"
+    assert meta["embedding_size"] == 16 and meta["model_name"] == "TinyNet"
+    assert meta["source_config"] == {"Model": {"x": 1}}
+    assert meta["paddle_version"] == paddle.__version__ and meta["opset_version"] == 11
+    assert model.training, "export must not change the caller's model"
+
+
+def test_onnx_runs_in_onnxruntime_at_batch_1_and_7(onnx_export):
+    import onnxruntime as ort
+
+    model, _, result = onnx_export
+    sess = ort.InferenceSession(result["onnx_file"], providers=["CPUExecutionProvider"])
+    assert sess.get_inputs()[0].name == "images"
+    assert not isinstance(sess.get_inputs()[0].shape[0], int), "batch dimension must be dynamic"
+    for n in (1, 7):
+        x = _images(n, seed=n)
+        y = sess.run(None, {"images": x})[0]
+        assert y.shape == (n, 16)
+        assert _rel(y, _dygraph(model, x)) < 1e-4
+
+
+@pytest.mark.parametrize("which", ["dir", "json", "onnx"])
+def test_load_embedder_matches_dygraph(onnx_export, which):
+    model, out, result = onnx_export
+    path = {"dir": out, "json": result["model_file"], "onnx": result["onnx_file"]}[which]
+    embed = load_embedder(path, max_batch=4)  # 10 images -> batches of 4, 4, 2
+    x = _images(10, seed=3)
+    y = embed(x)
+    assert y.dtype == np.float32 and y.shape == (10, 16)
+    assert _rel(y, _dygraph(model, x)) < 1e-4
+    assert _rel(embed(x[:1]), _dygraph(model, x[:1])) < 1e-4
+
+
+def test_embedder_rejects_wrong_input_shape(onnx_export):
+    _, out, result = onnx_export
+    for path in (out, result["onnx_file"]):
+        embed = load_embedder(path)
+        with pytest.raises(PlscError, match=r"\[N, 3, 112, 112\].*\[2, 112, 112, 3\]"):
+            embed(np.zeros((2, 112, 112, 3), np.float32))
+        with pytest.raises(PlscError, match="shape"):
+            embed(np.zeros((3, 112, 112), np.float32))
+
+
+def test_paddle_export_from_fp16_weights_is_fp32(tmp_path):
+    model = _tiny(seed=2)
+    model.eval()
+    x = _images(3, seed=4)
+    model.to(dtype="float16")  # what FP16 O2 training leaves in the params
+    assert all(p.dtype == paddle.float16 for p in model.parameters())
+    result = export_model(model, str(tmp_path), export_type="paddle", input_shape=(3, 112, 112))
+    assert "onnx_file" not in result and set(result["parity"]) == {"paddle_inference"}
+    assert all(p.dtype == paddle.float16 for p in model.parameters()), "caller's model must stay untouched"
+    meta = json.load(open(result["meta_file"]))
+    assert meta["weights_dtype"] == "float32" and meta["export_type"] == "paddle"
+    embed = load_embedder(str(tmp_path))
+    y = embed(x)
+    assert y.dtype == np.float32
+    model.to(dtype="float32")  # the fp16-rounded weights, in fp32: what the export must reproduce
+    assert _rel(y, _dygraph(model, x)) < 1e-4
+    # the saved params are fp32: file size = 4 bytes per element (+ small headers)
+    n_elem = sum(int(np.prod(p.shape)) for p in model.parameters())
+    assert os.path.getsize(result["params_file"]) >= 4 * n_elem
+
+
+def test_fp16_onnx_export_runs_on_cpu(tmp_path):
+    import onnx
+
+    model = _tiny(seed=5)
+    result = export_model(model, str(tmp_path), export_type="onnx", fp16=True)
+    weights = onnx.load(result["onnx_file"])
+    floats = [a.t.data_type for n in weights.graph.node if n.op_type == "Constant" for a in n.attribute
+              if a.t.dims and np.prod(a.t.dims) > 100]
+    floats += [t.data_type for t in weights.graph.initializer if np.prod(t.dims) > 100]
+    assert floats and all(d == onnx.TensorProto.FLOAT16 for d in floats)
+    assert json.load(open(result["meta_file"]))["weights_dtype"] == "float16"
+    assert result["parity"]["onnxruntime"]["tol"] == 1e-2 and result["parity"]["onnxruntime"]["ok"]
+    x = _images(5, seed=6)
+    y = load_embedder(result["onnx_file"])(x)
+    assert y.dtype == np.float32 and _rel(y, _dygraph(model, x)) < 1e-2
+
+
+def test_parity_failure_names_the_backend(onnx_export, tmp_path):
+    model, out, result = onnx_export
+    other = _tiny(seed=9)  # a different model as the reference: every backend disagrees
+    with pytest.raises(ExportError, match=r"paddle_inference: max relative error .*onnxruntime: max relative"):
+        run_parity(other, result, (3, 112, 112), log=lambda s: None)
+
+
+def test_bad_export_type_lists_valid_ones(tmp_path):
+    with pytest.raises(ConfigError, match=r"'tensorrt'.*paddle, onnx"):
+        export_model(_tiny(), str(tmp_path), export_type="tensorrt")
+    assert not os.listdir(tmp_path)
+
+
+@pytest.mark.parametrize("shape", [(112, 112), (None, 3, 0, 112), ("3", 112, 112), (0, 3, 112, 112)])
+def test_bad_input_shape(tmp_path, shape):
+    with pytest.raises(ConfigError, match="Export.input_shape"):
+        export_model(_tiny(), str(tmp_path), input_shape=shape)
+
+
+def test_input_shape_the_model_cannot_take(tmp_path):
+    with pytest.raises(ExportError, match=r"\[1, 3, 96, 96\].*Export.input_shape"):
+        export_model(_tiny(), str(tmp_path), input_shape=(3, 96, 96))
+
+
+def test_bad_opset(tmp_path):
+    with pytest.raises(ConfigError, match="Export.opset_version"):
+        export_model(_tiny(), str(tmp_path), export_type="onnx", opset_version=3)
+
+
+def test_embedding_size_mismatch(tmp_path):
+    with pytest.raises(ExportError, match="num_features is 512.*16-dim"):
+        export_model(_tiny(), str(tmp_path), meta={"embedding_size": 512})
+
+
+def test_fp16_paddle_export_on_cpu_build_is_a_config_error(tmp_path):
+    if paddle.is_compiled_with_cuda():
+        pytest.skip("this check is about CPU-only Paddle builds")
+    with pytest.raises(ConfigError, match="Export.fp16.*CUDA"):
+        export_model(_tiny(), str(tmp_path), export_type="paddle", fp16=True)
+
+
+def test_load_embedder_missing_files(tmp_path):
+    with pytest.raises(CheckpointError, match="no_such.onnx"):
+        load_embedder(str(tmp_path / "no_such.onnx"))
+    with pytest.raises(CheckpointError, match="nowhere"):
+        load_embedder(str(tmp_path / "nowhere"))
+    (tmp_path / "inference.json").write_text("{}")
+    with pytest.raises(CheckpointError, match=r"missing inference.pdiparams"):
+        load_embedder(str(tmp_path))
+    with pytest.raises(CheckpointError, match=r"missing inference.pdiparams"):
+        load_embedder(str(tmp_path / "inference.json"))
+
+
+def test_load_embedder_corrupt_files(tmp_path):
+    (tmp_path / "bad.onnx").write_bytes(b"not an onnx model")
+    with pytest.raises(CheckpointError, match="bad.onnx: cannot load"):
+        load_embedder(str(tmp_path / "bad.onnx"))
+    (tmp_path / "inference.json").write_text("{ truncated")
+    (tmp_path / "inference.pdiparams").write_bytes(b"\0" * 10)
+    with pytest.raises(CheckpointError, match="cannot load the Paddle inference model"):
+        load_embedder(str(tmp_path))
