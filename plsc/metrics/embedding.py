@@ -1,0 +1,89 @@
+"""Embed a list of images with any backend, split across ranks without duplicated work.
+
+    raw, flipped = embed_images(embed_fn, load, n, batch_size=64, flip_test=True, rank=0, world_size=1)
+
+`load(i)` returns image i as float32 [3, H, W] (RGB in [-1, 1]); `embed_fn(np.float32 [N,3,H,W])`
+returns [N, D]. Rank r embeds the contiguous slice [n*r/W, n*(r+1)/W) of the images (and their
+horizontal flips) and the slices are all-gathered, so every rank returns the same full arrays.
+A failure on one rank is sent to every rank, which all raise it (no rank is left waiting).
+"""
+from concurrent.futures import ThreadPoolExecutor
+
+import numpy as np
+
+import plsc.errors as plsc_errors
+from plsc.errors import DataError, PlscError
+
+
+def shard_range(n, rank, world_size):
+    """Contiguous slice [start, end) of n items for `rank` of `world_size` (sizes differ by at most 1)."""
+    return n * rank // world_size, n * (rank + 1) // world_size
+
+
+def _load_batch(load, indices):
+    return np.stack([np.asarray(load(i), np.float32) for i in indices])
+
+
+def _run_embed(embed_fn, batch, what):
+    out = embed_fn(np.ascontiguousarray(batch, np.float32))
+    out = np.asarray(out.numpy() if hasattr(out, "numpy") else out)
+    if out.ndim != 2 or out.shape[0] != batch.shape[0]:
+        raise DataError(f"{what}: the model returned an array of shape {out.shape} for a batch of "
+                        f"{batch.shape[0]} images; expected [{batch.shape[0]}, D]")
+    return out.astype(np.float32, copy=False)
+
+
+def _embed_range(embed_fn, load, start, end, batch_size, flip_test, name):
+    raw, flipped = [], []
+    starts = list(range(start, end, batch_size))
+    if not starts:
+        return None, None
+    with ThreadPoolExecutor(max_workers=1) as pool:  # decode the next batch while the model runs
+        pending = pool.submit(_load_batch, load, range(starts[0], min(starts[0] + batch_size, end)))
+        for k, s in enumerate(starts):
+            batch = pending.result()
+            if k + 1 < len(starts):
+                nxt = starts[k + 1]
+                pending = pool.submit(_load_batch, load, range(nxt, min(nxt + batch_size, end)))
+            what = f"{name}: images {s}..{s + len(batch) - 1}"
+            raw.append(_run_embed(embed_fn, batch, what))
+            if flip_test:
+                flipped.append(_run_embed(embed_fn, batch[:, :, :, ::-1], what + " (flipped)"))
+    return np.concatenate(raw), (np.concatenate(flipped) if flip_test else None)
+
+
+def _gather(obj, world_size):
+    import paddle.distributed as dist
+
+    out = []
+    dist.all_gather_object(out, obj)
+    if len(out) != world_size:
+        raise PlscError(f"all_gather_object returned {len(out)} parts for {world_size} ranks")
+    return out
+
+
+def embed_images(embed_fn, load, n, batch_size=64, flip_test=True, rank=0, world_size=1, name="images"):
+    """-> (raw [n, D] float32, flipped [n, D] float32 or None), identical on every rank."""
+    if batch_size < 1:
+        raise DataError(f"{name}: batch size must be >= 1, got {batch_size}")
+    start, end = shard_range(n, rank, world_size)
+    if world_size == 1:
+        return _embed_range(embed_fn, load, start, end, batch_size, flip_test, name)
+    part, error = (None, None), None
+    try:
+        part = _embed_range(embed_fn, load, start, end, batch_size, flip_test, name)
+    except Exception as e:  # every rank must reach the gather, then all raise the same error
+        error = (isinstance(e, PlscError), type(e).__name__, str(e), rank)
+        local_exc = e
+    parts = _gather((part, error), world_size)
+    for _, err in parts:
+        if err is not None:
+            if err[3] == rank:
+                raise local_exc
+            is_user, tname, msg, r = err
+            if is_user:
+                raise getattr(plsc_errors, tname, PlscError)(msg)
+            raise RuntimeError(f"rank {r} failed while embedding {name}: {tname}: {msg}")
+    raws = [p[0] for p, _ in parts if p[0] is not None]
+    flips = [p[1] for p, _ in parts if p[1] is not None]
+    return np.concatenate(raws), (np.concatenate(flips) if flip_test else None)
