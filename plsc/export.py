@@ -30,6 +30,7 @@ from plsc.inference import META_FILE, MODEL_JSON, MODEL_PARAMS, OnnxEmbedder, Pa
 EXPORT_TYPES = ("paddle", "onnx")
 ONNX_FILE = "model.onnx"
 INPUT_NAME = "images"
+OUTPUT_NAME = "embeddings"  # of the ONNX model
 PARITY_TOL = 1e-3
 FP16_PARITY_TOL = 1e-2
 PARITY_BATCHES = (1, 4)
@@ -201,17 +202,26 @@ def _save_onnx(model_file, params_file, onnx_file, opset_version, fp16):
                           f"Export.opset_version may help.") from None
     if not os.path.isfile(onnx_file):
         raise ExportError(f"paddle2onnx did not write {onnx_file} (opset {opset_version}); see its log above")
-    if fp16:
-        _onnx_to_fp16(onnx_file)
+    _finish_onnx(onnx_file, fp16)
 
 
-def _onnx_to_fp16(onnx_file):
-    """fp16 weights and compute, fp32 inputs/outputs (casts at the borders)."""
+def _finish_onnx(onnx_file, fp16):
+    """Name the output "embeddings"; fp16: fp16 weights and compute, fp32 inputs/outputs (casts at the borders)."""
     import onnx
-    from onnxruntime.transformers.float16 import convert_float_to_float16
 
-    model = convert_float_to_float16(onnx.load(onnx_file), keep_io_types=True)
-    _toposort(model.graph)  # the converter appends the border casts at the end of the node list
+    model = onnx.load(onnx_file)
+    if fp16:
+        from onnxruntime.transformers.float16 import convert_float_to_float16
+
+        model = convert_float_to_float16(model, keep_io_types=True)
+        _toposort(model.graph)  # the converter appends the border casts at the end of the node list
+    old = model.graph.output[0].name
+    for node in model.graph.node:
+        for names in (node.input, node.output):
+            for i, name in enumerate(names):
+                if name == old:
+                    names[i] = OUTPUT_NAME
+    model.graph.output[0].name = OUTPUT_NAME
     onnx.checker.check_model(model)
     onnx.save(model, onnx_file)
 
@@ -249,6 +259,7 @@ def _write_meta(result, meta, batch, chw, emb_size, opset_version, fp16):
         "input_name": INPUT_NAME,
         "input_shape": [batch, *chw],
         "input_dtype": "float32",
+        "onnx_output_name": OUTPUT_NAME if "onnx_file" in result else None,
         "layout": "NCHW",
         "channel_order": "RGB",
         "mean": MEAN,

@@ -84,7 +84,7 @@ def test_onnx_runs_in_onnxruntime_at_batch_1_and_7(onnx_export):
 
     model, _, result = onnx_export
     sess = ort.InferenceSession(result["onnx_file"], providers=["CPUExecutionProvider"])
-    assert sess.get_inputs()[0].name == "images"
+    assert sess.get_inputs()[0].name == "images" and sess.get_outputs()[0].name == "embeddings"
     assert not isinstance(sess.get_inputs()[0].shape[0], int), "batch dimension must be dynamic"
     for n in (1, 7):
         x = _images(n, seed=n)
