@@ -1,0 +1,34 @@
+"""The large-scale classifier: margins (registered losses), PartialFC, sharded softmax CE.
+
+    head = build_head(cfg["Model"], cfg["Loss"]["Train"], seed)
+    loss = head(features, labels)    # fp32 mean loss over the global batch, same on every rank
+"""
+from plsc.errors import ConfigError
+from plsc.nn import margins  # noqa: F401  (registers MarginLoss, AdaFaceLoss)
+from plsc.nn.partial_fc import PartialFC
+
+
+def build_head(model_cfg, loss_cfg, seed=0):
+    from plsc.distributed import world_size
+    from plsc.registry import LOSSES
+
+    if not loss_cfg or len(loss_cfg) != 1:
+        raise ConfigError(f"Loss.Train: expected exactly one margin loss (e.g. [- MarginLoss: {{m2: 0.5}}]), "
+                          f"got {len(loss_cfg or [])} entries")
+    (name, kwargs), = loss_cfg[0].items()
+    margin = LOSSES.build(name, **(kwargs or {}))
+    pfc = model_cfg["pfc_config"]
+    ratio, parallel = pfc["sample_ratio"], pfc["model_parallel"]
+    if not (0.0 < ratio <= 1.0):
+        raise ConfigError(f"Model.pfc_config.sample_ratio must be in (0, 1], got {ratio}")
+    if margin.model_parallel != parallel:
+        raise ConfigError(f"Loss.Train.0.{name}.model_parallel={margin.model_parallel} disagrees with "
+                          f"Model.pfc_config.model_parallel={parallel}; set both the same")
+    classes, w = model_cfg["class_num"], world_size()
+    if classes < 1:
+        raise ConfigError(f"Model.class_num must be >= 1, got {classes}")
+    if parallel and classes < w:
+        raise ConfigError(f"Model.class_num={classes} is smaller than the world size {w}: every rank must own "
+                          f"at least one class (or set Model.pfc_config.model_parallel=false)")
+    return PartialFC(model_cfg["num_features"], classes, margin, sample_ratio=ratio, model_parallel=parallel,
+                     seed=seed)

@@ -1,0 +1,212 @@
+"""PartialFC: 2 ranks x b with the sharded FC == 1 rank x 2b with the full FC; sampling; margins; sparse momentum."""
+import math
+import os
+import sys
+
+import numpy as np
+import paddle
+import paddle.nn.functional as F
+import pytest
+
+from dist_utils import launch
+from plsc.errors import ConfigError, DataError
+from plsc.nn import build_head
+from plsc.nn.partial_fc import init_rows
+from plsc.optim.sparse_momentum import SparseMomentum
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+sys.path.insert(0, HERE)
+import pfc_worker as W  # noqa: E402
+
+
+# ---------------------------------------------------------------- an independent dense reference
+def reference(case):
+    """Loss, feature grads and full weight grads of the global batch with one dense FC (plain paddle ops)."""
+    loss_spec, classes, _, _ = W.CASES[case]
+    (name, kw), = loss_spec.items()
+    feats, labels = W.global_batch(case)
+    x = paddle.to_tensor(feats, stop_gradient=False)
+    w = paddle.to_tensor(init_rows(3, 0, classes, W.DIM), stop_gradient=False)
+    cos = paddle.matmul(x / paddle.linalg.norm(x, axis=1, keepdim=True),
+                        w / paddle.linalg.norm(w, axis=1, keepdim=True), transpose_y=True)
+    onehot = F.one_hot(paddle.to_tensor(labels), classes)
+    tcos = (cos * onehot).sum(axis=1)
+    theta = paddle.acos(paddle.clip(tcos, -1 + 1e-7, 1 - 1e-7))
+    if name == "MarginLoss":
+        m1, m2, m3, s = kw.get("m1", 1.0), kw.get("m2", 0.5), kw.get("m3", 0.0), kw.get("s", 64.0)
+        new = paddle.cos(m1 * theta + m2) - m3 if (m1, m2) != (1.0, 0.0) else tcos - m3
+    else:
+        m, h, s, a = kw["m"], kw["h"], kw["s"], kw["t_alpha"]
+        norms = np.clip(np.linalg.norm(feats, axis=1), 0.001, 100)
+        mu = a * norms.mean() + (1 - a) * 20.0
+        sd = a * norms.std(ddof=1) + (1 - a) * 100.0
+        z = paddle.to_tensor(np.clip((norms - mu) / (sd + 1e-3) * h, -1, 1).astype(np.float32))
+        th = paddle.clip(paddle.acos(paddle.clip(tcos, -1 + 1e-3, 1 - 1e-3)) - m * z, 1e-3, math.pi - 1e-3)
+        new = paddle.cos(th) - (m + m * z)
+    logits = s * (cos + onehot * (new - tcos).unsqueeze(1))
+    # not F.cross_entropy: Paddle's CPU kernel clips each sample's loss at 64
+    loss = (paddle.logsumexp(logits, axis=1) - (logits * onehot).sum(axis=1)).mean()
+    loss.backward()
+    return loss.item(), x.grad.numpy(), w.grad.numpy(), feats, labels
+
+
+def _close(a, b, rtol=1e-5, atol=1e-6):
+    """Within rtol of the largest magnitude in b (fp32 sums in a different order differ by ~1e-7 of it)."""
+    b = np.asarray(b)
+    np.testing.assert_allclose(a, b, rtol=rtol, atol=max(atol, rtol * float(np.abs(b).max(initial=0))))
+
+
+@pytest.fixture(scope="module")
+def two_rank_results(tmp_path_factory):
+    out = tmp_path_factory.mktemp("pfc")
+    launch([os.path.join(HERE, "pfc_worker.py"), str(out)], nproc=2, log_dir=out / "log")
+    return out
+
+
+@pytest.mark.parametrize("case", ["arc", "cos", "combined", "adaface", "replicated"])
+def test_two_ranks_match_one_full_fc(two_rank_results, case):
+    loss, xg, wg, feats, labels = reference(case)
+    parallel = case != "replicated"
+    covered = np.zeros(len(wg), dtype=bool)
+    for r in range(2):
+        d = np.load(two_rank_results / f"{case}_rank{r}.npz")
+        _close(d["loss"], loss)
+        # each rank holds W x its slice of the global-mean feature gradient (DP averaging then gives the total)
+        _close(d["feat_grad"] / 2, xg[d["lo"]:d["hi"]])
+        start, end = d["start"].item(), d["end"].item()
+        assert (start, end) == ((0, 11) if not parallel else [(0, 6), (6, 11)][r] if len(wg) == 11 else [(0, 8), (8, 16)][r])
+        _close(d["row_grad"], wg[start:end][d["index"]])
+        covered[start:end] = True
+    assert covered.all()
+
+
+def test_sampled_heads_keep_positives_and_match_reference_on_their_rows(two_rank_results):
+    loss, xg, wg, feats, labels = reference("arc_sampled")
+    classes, ratio = 40, 0.3
+    for r in range(2):
+        d = np.load(two_rank_results / f"arc_sampled_rank{r}.npz")
+        start, end = d["start"].item(), d["end"].item()
+        idx = d["index"]
+        positives = np.unique(labels[(labels >= start) & (labels < end)]) - start
+        assert set(positives) <= set(idx)
+        assert len(idx) == max(len(positives), math.ceil(ratio * (end - start)))
+        assert len(np.unique(idx)) == len(idx)
+        # the loss differs from the full softmax (fewer negatives) but the positive rows' grads point the same way
+        assert np.isfinite(d["loss"]) and d["loss"] < loss + 1e-4
+
+
+def test_world_size_one_and_ratio_one_equals_no_sampling():
+    loss, xg, wg, feats, labels = reference("cos")
+    for ratio in (1.0,):
+        head = build_head({"num_features": W.DIM, "class_num": 11, "pfc_config": {"sample_ratio": ratio,
+                           "model_parallel": True}}, [W.CASES["cos"][0]], seed=3)
+        x = paddle.to_tensor(feats, stop_gradient=False)
+        out = head(x, paddle.to_tensor(labels))
+        out.backward()
+        assert head.index is None
+        _close(out.item(), loss)
+        _close(x.grad.numpy(), xg)
+        _close(head.sampled.grad.numpy(), wg)
+
+
+def test_sampling_remaps_labels_to_the_chosen_rows_deterministically():
+    head = build_head({"num_features": 4, "class_num": 1000, "pfc_config": {"sample_ratio": 0.1,
+                       "model_parallel": True}}, [{"MarginLoss": {}}], seed=5)
+    labels = np.array([3, 999, 3, 512, 77])
+    index, target = head.choose_rows(labels)
+    assert len(index) == 100 and {3, 999, 512, 77} <= set(index)
+    assert (index[target] == labels).all()
+    twin = build_head({"num_features": 4, "class_num": 1000, "pfc_config": {"sample_ratio": 0.1,
+                       "model_parallel": True}}, [{"MarginLoss": {}}], seed=5)
+    assert (twin.choose_rows(labels)[0] == index).all()
+    assert not np.array_equal(head.choose_rows(labels)[0], index)  # the next draw differs
+    many = np.arange(0, 1000, 5)  # 200 positives > 100 samples: every positive kept
+    index, target = head.choose_rows(many)
+    assert (index == many).all() and (target == np.arange(200)).all()
+
+
+def test_margins_finite_for_every_angle_and_match_formula():
+    from plsc.nn.margins import AdaFaceLoss, MarginLoss
+
+    cos = paddle.to_tensor(np.cos(np.linspace(0, math.pi, 2001)).astype(np.float32), stop_gradient=False)
+    for m in (MarginLoss(m2=0.5), MarginLoss(m1=1.35, m2=0.25, m3=0.1), MarginLoss(m3=0.4), MarginLoss(m1=4, m2=0)):
+        out = m.target_logits(cos)
+        out.sum().backward()
+        assert np.isfinite(out.numpy()).all() and np.isfinite(cos.grad.numpy()).all(), m
+        theta = np.arccos(np.clip(cos.numpy(), -1 + 1e-7, 1 - 1e-7))
+        ok = m.m1 * theta + m.m2 < math.pi - 1e-3
+        _close(out.numpy()[ok], np.cos(m.m1 * theta[ok] + m.m2) - m.m3, atol=1e-5)
+        assert (np.diff(out.numpy()) <= 1e-6).all(), f"{m}: target logit must not rise as theta grows"
+        cos.clear_gradient()
+    ada = AdaFaceLoss()
+    norms = paddle.to_tensor(np.linspace(0, 200, 2001).astype(np.float32))
+    out = ada.target_logits(cos, norms)
+    out.sum().backward()
+    assert np.isfinite(out.numpy()).all() and np.isfinite(cos.grad.numpy()).all()
+    # combined margins really combine: m1, m2, m3 together differ from each alone
+    c = paddle.to_tensor([0.5])
+    both = MarginLoss(m1=1.2, m2=0.3, m3=0.2).target_logits(c).item()
+    assert abs(both - (math.cos(1.2 * math.acos(0.5) + 0.3) - 0.2)) < 1e-6
+
+
+def test_sparse_momentum_touches_only_sampled_rows():
+    cfg = {"num_features": 6, "class_num": 300, "pfc_config": {"sample_ratio": 0.05, "model_parallel": True}}
+    head = build_head(cfg, [{"MarginLoss": {"m2": 0.5, "s": 30.0}}], seed=9)
+    opt = SparseMomentum(head, momentum=0.9, weight_decay=5e-4)
+    w0 = head.weight.numpy().copy()
+    w_ref, v_ref = w0.astype(np.float64), np.zeros_like(w0, dtype=np.float64)
+    used = np.zeros(300, dtype=bool)
+    rng = np.random.default_rng(0)
+    for step in range(4):
+        x = paddle.to_tensor(rng.standard_normal((8, 6)).astype(np.float32), stop_gradient=False)
+        head(x, paddle.to_tensor(rng.integers(0, 300, 8))).backward()
+        opt.accumulate()
+        idx, g = head.index, opt.grads()[0].numpy().astype(np.float64)
+        used[idx] = True
+        g = g + 5e-4 * w_ref[idx]
+        v_ref[idx] = 0.9 * v_ref[idx] + g
+        w_ref[idx] -= 0.1 * v_ref[idx]
+        opt.step(0.1)
+        opt.clear_grad()
+    w = head.weight.numpy()
+    assert used.sum() < 300
+    assert np.array_equal(w[~used], w0[~used]), "rows never sampled must be bit-identical"
+    assert np.array_equal(opt.velocity.numpy()[~used], np.zeros_like(w0[~used]))
+    _close(w[used], w_ref[used], rtol=1e-5)
+
+
+def test_dense_step_equals_paddle_momentum():
+    cfg = {"num_features": 5, "class_num": 7, "pfc_config": {"sample_ratio": 1.0, "model_parallel": True}}
+    head = build_head(cfg, [{"MarginLoss": {}}], seed=1)
+    ref = paddle.create_parameter([7, 5], "float32")
+    ref.set_value(head.weight.numpy())
+    mom = paddle.optimizer.Momentum(0.1, 0.9, parameters=[ref], weight_decay=paddle.regularizer.L2Decay(5e-4))
+    opt = SparseMomentum(head, 0.9, 5e-4)
+    rng = np.random.default_rng(1)
+    for _ in range(3):
+        x, y = rng.standard_normal((4, 5)).astype(np.float32), rng.integers(0, 7, 4)
+        head(paddle.to_tensor(x), paddle.to_tensor(y)).backward()
+        opt.accumulate()
+        (ref * opt.grads()[0].detach()).sum().backward()  # ref.grad = the head's gradient
+        mom.step()
+        mom.clear_grad()
+        opt.step(0.1)
+        opt.clear_grad()
+        _close(head.weight.numpy(), ref.numpy(), rtol=1e-6)
+
+
+def test_bad_input_and_config():
+    cfg = {"num_features": 4, "class_num": 10, "pfc_config": {"sample_ratio": 1.0, "model_parallel": True}}
+    head = build_head(cfg, [{"MarginLoss": {}}])
+    with pytest.raises(DataError, match="label 10 is out of range.*class_num is 10"):
+        head(paddle.randn([2, 4]), paddle.to_tensor([1, 10]))
+    with pytest.raises(DataError, match="label -1 is out of range"):
+        head(paddle.randn([2, 4]), paddle.to_tensor([-1, 0]))
+    for ratio in (0.0, 1.5):
+        bad = dict(cfg, pfc_config={"sample_ratio": ratio, "model_parallel": True})
+        with pytest.raises(ConfigError, match=f"sample_ratio must be in \\(0, 1\\], got {ratio}"):
+            build_head(bad, [{"MarginLoss": {}}])
+    with pytest.raises(ConfigError, match="disagrees with Model.pfc_config.model_parallel"):
+        build_head(cfg, [{"MarginLoss": {"model_parallel": False}}])
+    with pytest.raises(ConfigError, match="m2 .* must be in"):
+        build_head(cfg, [{"MarginLoss": {"m2": -0.5}}])
