@@ -1,0 +1,138 @@
+"""FP16 policy and loss scaler: what O1/O2 run in low precision, scaler arithmetic, cross-rank skip."""
+import numpy as np
+import paddle
+import pytest
+
+from dist_utils import launch
+from plsc.amp import AmpPolicy, LossScaler
+from plsc.errors import ConfigError
+
+FP16 = {"level": "O1", "dtype": "float16", "fp16_custom_white_list": ["matmul"], "fp16_custom_black_list": ["exp"],
+        "GradScaler": {"init_loss_scaling": 1024.0, "incr_ratio": 2.0, "decr_ratio": 0.5, "incr_every_n_steps": 3,
+                       "decr_every_n_nan_or_inf": 2, "use_dynamic_loss_scaling": True}}
+
+
+class Net(paddle.nn.Layer):
+    def __init__(self):
+        super().__init__()
+        self.conv = paddle.nn.Conv2D(3, 4, 3)
+        self.bn = paddle.nn.BatchNorm2D(4)
+        self.fc = paddle.nn.Linear(4, 6)
+        self.neck = paddle.nn.BatchNorm1D(6)
+
+    def fp32_layers(self):
+        return [self.fc, self.neck]
+
+
+def test_autocast_arguments_follow_the_config():
+    kw = AmpPolicy.from_config(FP16, "cpu").autocast_kwargs()
+    assert kw == {"enable": True, "custom_white_list": {"matmul"}, "custom_black_list": {"exp"}, "level": "O1",
+                  "dtype": "float16"}
+    o0 = AmpPolicy.from_config(dict(FP16, level="O0"), "cpu").autocast_kwargs()
+    assert o0["enable"] is False
+    o2 = AmpPolicy.from_config(dict(FP16, level="O2", dtype="bfloat16"), "cpu").autocast_kwargs()
+    assert (o2["level"], o2["dtype"]) == ("O2", "bfloat16")
+
+
+def test_o2_plan_keeps_norms_and_neck_in_fp32():
+    net = Net()
+    plan = AmpPolicy.from_config(dict(FP16, level="O2"), "cpu").o2_cast_plan(net, net.fp32_layers())
+    expect = {"conv.weight": "float16", "conv.bias": "float16", "fc.weight": "float32", "fc.bias": "float32"}
+    for bn in ("bn", "neck"):  # BatchNorm weights and running statistics
+        expect.update({f"{bn}.{k}": "float32" for k in ("weight", "bias", "_mean", "_variance")})
+    assert plan == expect
+    o1 = AmpPolicy.from_config(FP16, "cpu").o2_cast_plan(net, net.fp32_layers())
+    assert set(o1.values()) == {"float32"}
+
+
+def test_o2_decorate_gives_master_weights_and_cpu_run_stays_fp32():
+    net = Net()
+    opt = paddle.optimizer.Momentum(parameters=net.parameters(), multi_precision=True)
+    with pytest.warns(UserWarning, match="computes in fp32"):
+        policy = AmpPolicy.from_config(dict(FP16, level="O2"), "cpu")
+    net2, opt2 = policy.decorate(net, opt, excluded_layers=net.fp32_layers())
+    assert opt2._multi_precision  # fp32 master weights requested from the optimizer
+    with policy.autocast():
+        out = net2.neck(net2.fc(paddle.flatten(paddle.nn.functional.adaptive_avg_pool2d(
+            net2.bn(net2.conv(paddle.randn([2, 3, 5, 5]))), 1), 1)))
+    assert out.dtype == paddle.float32
+
+
+def test_scaler_growth_backoff_and_skip_counting():
+    s = LossScaler.from_config(FP16)
+    assert s.scale_value == 1024.0
+    loss = paddle.to_tensor(2.0)
+    assert s.scale(loss).item() == 2048.0
+    g = paddle.to_tensor([1024.0, -2048.0])
+    assert s.unscale_and_check([g]) is False
+    np.testing.assert_array_equal(g.numpy(), [1.0, -2.0])
+    for _ in range(3):
+        s.update(False)
+    assert s.scale_value == 2048.0  # grew after incr_every_n_steps=3 finite steps
+    s.update(True)
+    assert s.scale_value == 2048.0  # one bad step: decr_every_n_nan_or_inf=2 not reached
+    s.update(False)
+    s.update(True)
+    assert s.scale_value == 2048.0  # the good step in between reset the bad count
+    s.update(True)
+    assert s.scale_value == 1024.0 and s.num_skipped == 3
+    bad = paddle.to_tensor([1.0, float("inf")])
+    assert s.unscale_and_check([paddle.ones([3]), bad]) is True
+    state = s.state_dict()
+    t = LossScaler.from_config(FP16)
+    t.set_state_dict(state)
+    assert t.state_dict() == state
+    for _ in range(40):
+        s.update(True)
+    assert s.scale_value == 1.0  # never below 1
+
+
+def test_o0_scaler_is_identity_but_still_detects_nan():
+    s = LossScaler.from_config(dict(FP16, level="O0"))
+    assert s.scale_value == 1.0
+    g = paddle.to_tensor([float("nan")])
+    assert s.unscale_and_check([g]) is True
+    s.update(True)
+    assert s.scale_value == 1.0 and s.num_skipped == 1
+
+
+@pytest.mark.parametrize("key, value, match", [
+    ("init_loss_scaling", 0.0, "init_loss_scaling must be > 0, got 0.0"),
+    ("decr_ratio", 1.5, "decr_ratio must be in \\(0, 1\\)"),
+    ("incr_every_n_steps", 0, "incr_every_n_steps must be an integer >= 1"),
+])
+def test_bad_scaler_settings(key, value, match):
+    cfg = dict(FP16, GradScaler=dict(FP16["GradScaler"], **{key: value}))
+    with pytest.raises(ConfigError, match=match):
+        LossScaler.from_config(cfg)
+
+
+def test_bad_policy_settings():
+    with pytest.raises(ConfigError, match="FP16.level: 'O3' is not one of"):
+        AmpPolicy.from_config(dict(FP16, level="O3"))
+    with pytest.raises(ConfigError, match="in both fp16_custom_white_list and fp16_custom_black_list"):
+        AmpPolicy.from_config(dict(FP16, fp16_custom_black_list=["matmul"]))
+
+
+def test_inf_on_one_rank_makes_both_ranks_skip(tmp_path):
+    script = tmp_path / "inf.py"
+    script.write_text(
+        "from plsc.env import setup_threads; setup_threads()\n"
+        "import paddle, paddle.distributed as dist\n"
+        "from plsc.amp import LossScaler\n"
+        "dist.init_parallel_env()\n"
+        "r = dist.get_rank()\n"
+        "s = LossScaler(init_loss_scaling=256.0, decr_every_n_nan_or_inf=1)\n"
+        "for step in range(3):\n"
+        "    g = paddle.ones([4]) * 256.0\n"
+        "    if r == 1 and step == 1:\n"
+        "        g[2] = float('inf')\n"
+        "    found = s.unscale_and_check([g])\n"
+        "    s.update(found)\n"
+        "    print(f'rank {r} step {step} skip {found} scale {s.scale_value}', flush=True)\n")
+    launch([script], nproc=2, log_dir=tmp_path / "log")
+    for r in range(2):
+        text = (tmp_path / "log" / f"workerlog.{r}").read_text()
+        assert f"rank {r} step 0 skip False scale 256.0" in text
+        assert f"rank {r} step 1 skip True scale 128.0" in text
+        assert f"rank {r} step 2 skip False scale 128.0" in text
