@@ -20,6 +20,8 @@ import copy
 import json
 import os
 import shutil
+import subprocess
+import sys
 
 import numpy as np
 
@@ -71,7 +73,7 @@ def export_model(backbone, out_dir, export_type="paddle", input_shape=(3, 112, 1
         _save_paddle(model, batch, chw, prefix)
     if export_type == "onnx":
         result["onnx_file"] = os.path.join(out_dir, ONNX_FILE)
-        _save_onnx(result["model_file"], result["params_file"], result["onnx_file"], opset_version, fp16)
+        _save_onnx(result["model_file"], result["params_file"], result["onnx_file"], opset_version, fp16, log)
     _write_meta(result, meta, batch, chw, emb_size, opset_version, fp16)
     log(f"exported {meta.get('model_name', type(backbone).__name__)} ({export_type}"
         f"{', fp16 weights' if fp16 else ''}) to {out_dir}")
@@ -187,21 +189,36 @@ def _save_paddle_fp16(model, batch, chw, out_dir):
         shutil.rmtree(tmp, ignore_errors=True)
 
 
-def _save_onnx(model_file, params_file, onnx_file, opset_version, fp16):
-    import paddle2onnx
+# paddle2onnx aborts the whole process (SIGABRT) on an unsupported op or layout, so it runs in a child
+# process; its "[ERROR][Paddle2ONNX]" lines become the error message.
+_P2O_CHILD = """
+import sys
+import paddle2onnx
+model_file, params_file, onnx_file, opset = sys.argv[1:5]
+# optimize_tool="None": the default (polygraphy) pip-installs packages at run time
+paddle2onnx.export(model_file, params_file, onnx_file, opset_version=int(opset), enable_onnx_checker=True,
+                   optimize_tool="None")
+"""
 
+
+def _save_onnx(model_file, params_file, onnx_file, opset_version, fp16, log=print):
     if os.path.exists(onnx_file):
         os.remove(onnx_file)
-    try:
-        # optimize_tool="None": the default (polygraphy) pip-installs packages at run time
-        paddle2onnx.export(model_file, params_file, onnx_file, opset_version=opset_version,
-                           enable_onnx_checker=True, optimize_tool="None")
-    except Exception as e:  # paddle2onnx logs the real cause, then fails on its missing result
-        raise ExportError(f"paddle2onnx could not convert {model_file} (opset {opset_version}): "
-                          f"{type(e).__name__}: {_first_line(e)}; see the [Paddle2ONNX] log above. A higher "
-                          f"Export.opset_version may help.") from None
-    if not os.path.isfile(onnx_file):
-        raise ExportError(f"paddle2onnx did not write {onnx_file} (opset {opset_version}); see its log above")
+    cmd = [sys.executable, "-c", _P2O_CHILD, model_file, params_file, onnx_file, str(opset_version)]
+    proc = subprocess.run(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    output = proc.stdout or ""
+    if proc.returncode != 0 or not os.path.isfile(onnx_file):
+        lines = [line.strip() for line in output.splitlines() if line.strip()]
+        errors = [line for line in lines if "[ERROR]" in line] or [line for line in lines if "error" in line.lower()]
+        detail = " | ".join(errors[:5] if errors else lines[-5:]) or "(no output)"
+        if "NHWC" in detail:
+            detail += (" -- paddle2onnx converts NCHW convolutions only: export a backbone built with "
+                       "Model.data_format=NCHW (the weights are the same)")
+        raise ExportError(f"paddle2onnx could not convert {model_file} to ONNX (opset {opset_version}, exit code "
+                          f"{proc.returncode}): {detail}")
+    for line in output.splitlines():
+        if "Paddle2ONNX" in line:
+            log(line.strip())
     _finish_onnx(onnx_file, fp16)
 
 
@@ -305,8 +322,8 @@ def run_parity(model, result, chw, batch=None, fp16=False, tol=None, log=print):
             embed = make()
             for n, x in inputs.items():
                 entry[f"batch_{n}"] = _rel_err(embed(x), refs[n])
-        except PlscError as e:
-            entry["error"] = str(e)
+        except Exception as e:  # a backend that cannot load or run the model is a parity failure, named
+            entry["error"] = f"{type(e).__name__}: {_first_line(e)}"
         errs = [v for k, v in entry.items() if k.startswith("batch_")]
         entry["max_rel_err"] = max(errs) if errs and "error" not in entry else float("inf")
         entry["ok"] = entry["max_rel_err"] <= limit

@@ -81,6 +81,9 @@ class PaddleEmbedder(_Embedder):
         else:
             config.disable_gpu()
             config.set_cpu_math_library_num_threads(_threads())
+            if has_nhwc_ops(model_file):
+                # Paddle 3.3's oneDNN passes feed NCHW tensors to NHWC convolutions (wrong channel count)
+                config.disable_mkldnn()
         config.disable_glog_info()
         try:
             self.predictor = pi.create_predictor(config)
@@ -136,6 +139,25 @@ class OnnxEmbedder(_Embedder):
 
     def _run(self, batch):
         return self.session.run(None, {self.input_name: batch})[0]
+
+
+def has_nhwc_ops(model_file):
+    """True if the saved program has an op with data_format NHWC (a backbone trained with Model.data_format NHWC)."""
+    try:
+        with open(model_file) as f:
+            program = json.load(f)
+    except (OSError, ValueError) as e:
+        raise CheckpointError(f"{model_file}: cannot load the Paddle inference model ({e})") from None
+    stack = [program]
+    while stack:
+        node = stack.pop()
+        if isinstance(node, dict):
+            if node.get("N") == "data_format" and isinstance(node.get("AT"), dict) and node["AT"].get("D") == "NHWC":
+                return True
+            stack.extend(node.values())
+        elif isinstance(node, list):
+            stack.extend(node)
+    return False
 
 
 def resolve_model_path(path):

@@ -206,11 +206,38 @@ def test_load_embedder_missing_files(tmp_path):
         load_embedder(str(tmp_path / "inference.json"))
 
 
-def test_load_embedder_corrupt_files(tmp_path):
+def test_load_embedder_corrupt_files(tmp_path, onnx_export):
     (tmp_path / "bad.onnx").write_bytes(b"not an onnx model")
     with pytest.raises(CheckpointError, match="bad.onnx: cannot load"):
         load_embedder(str(tmp_path / "bad.onnx"))
     (tmp_path / "inference.json").write_text("{ truncated")
     (tmp_path / "inference.pdiparams").write_bytes(b"\0" * 10)
-    with pytest.raises(CheckpointError, match="cannot load the Paddle inference model"):
+    with pytest.raises(CheckpointError, match="inference.json: cannot load the Paddle inference model"):
         load_embedder(str(tmp_path))
+    # a valid program with truncated weights
+    _, _, result = onnx_export
+    (tmp_path / "inference.json").write_bytes(open(result["model_file"], "rb").read())
+    (tmp_path / "inference.pdiparams").write_bytes(open(result["params_file"], "rb").read()[:1000])
+    with pytest.raises(CheckpointError, match="cannot load the Paddle inference model"):
+        load_embedder(str(tmp_path))(_images(1))
+
+
+class TinyNHWC(paddle.nn.Layer):
+    def __init__(self):
+        super().__init__()
+        self.conv = paddle.nn.Conv2D(3, 4, 8, stride=8, data_format="NHWC")
+        self.fc = paddle.nn.Linear(4 * 14 * 14, 8)
+
+    def forward(self, x):  # takes NCHW like every backbone, computes in NHWC
+        return self.fc(paddle.flatten(self.conv(x.transpose([0, 2, 3, 1])), 1))
+
+
+def test_nhwc_graph_to_onnx_is_a_clear_error_not_a_crash(tmp_path):
+    # paddle2onnx aborts its process on NHWC convolutions; the export must survive and say what to do
+    with pytest.raises(ExportError, match=r"NHWC.*Model.data_format=NCHW"):
+        export_model(TinyNHWC(), str(tmp_path), export_type="onnx")
+    # the same graph exports fine as a Paddle inference model (input still NCHW)
+    model = TinyNHWC()
+    result = export_model(model, str(tmp_path / "paddle"), export_type="paddle")
+    x = _images(2)
+    assert _rel(load_embedder(result["out_dir"])(x), _dygraph(model, x)) < 1e-4
