@@ -39,10 +39,16 @@ class _Embedder:
 
     backend = "?"
 
-    def __init__(self, path, input_shape, max_batch):
+    def __init__(self, path, input_shape, max_batch, declared):
+        """declared: the model's own input shape ([N, C, H, W] with N <= 0 or a name when dynamic), or None."""
         self.path = path
+        declared = list(declared) if declared is not None and len(declared) == 4 else None
+        if input_shape is None and declared and all(isinstance(d, int) and d > 0 for d in declared[1:]):
+            input_shape = declared[1:]
         self.input_shape = tuple(input_shape) if input_shape else None  # (C, H, W); None: not declared
-        self.max_batch = max_batch
+        fixed = declared[0] if declared and isinstance(declared[0], int) and declared[0] > 0 else None
+        self.fixed_batch = fixed  # a model exported with a fixed batch gets exactly that many (zero-padded)
+        self.max_batch = fixed or max_batch
 
     def __call__(self, images):
         x = np.asarray(images)
@@ -55,8 +61,14 @@ class _Embedder:
         x = np.ascontiguousarray(x, dtype=np.float32)
         if len(x) == 0:
             raise PlscError(f"{self.path}: got an empty batch of images (shape {list(x.shape)})")
-        outs = [self._run(x[i:i + self.max_batch]) for i in range(0, len(x), self.max_batch)]
+        outs = [self._run_chunk(x[i:i + self.max_batch]) for i in range(0, len(x), self.max_batch)]
         return np.concatenate(outs).astype(np.float32, copy=False)
+
+    def _run_chunk(self, chunk):
+        n = len(chunk)
+        if self.fixed_batch and n < self.fixed_batch:
+            chunk = np.concatenate([chunk, np.zeros((self.fixed_batch - n, *chunk.shape[1:]), np.float32)])
+        return self._run(chunk)[:n]
 
     def _run(self, batch):
         raise NotImplementedError
@@ -95,10 +107,7 @@ class PaddleEmbedder(_Embedder):
             raise CheckpointError(f"{model_file}: expected one input (images), the model has {names}")
         self.input = self.predictor.get_input_handle(names[0])
         self.output_name = self.predictor.get_output_names()[0]
-        if input_shape is None:
-            declared = list(self.input.shape())
-            input_shape = declared[1:] if len(declared) == 4 and all(d > 0 for d in declared[1:]) else None
-        super().__init__(directory, input_shape, max_batch)
+        super().__init__(directory, input_shape, max_batch, declared=self.input.shape())
 
     def _run(self, batch):
         self.input.reshape(list(batch.shape))
@@ -131,11 +140,7 @@ class OnnxEmbedder(_Embedder):
             raise CheckpointError(f"{onnx_path}: expected one input (images), the model has "
                                   f"{[i.name for i in inputs]}")
         self.input_name = inputs[0].name
-        if input_shape is None:
-            declared = inputs[0].shape
-            input_shape = declared[1:] if len(declared) == 4 and all(isinstance(d, int) for d in declared[1:]) \
-                else None
-        super().__init__(onnx_path, input_shape, max_batch)
+        super().__init__(onnx_path, input_shape, max_batch, declared=inputs[0].shape)
 
     def _run(self, batch):
         return self.session.run(None, {self.input_name: batch})[0]

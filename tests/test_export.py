@@ -241,3 +241,13 @@ def test_nhwc_graph_to_onnx_is_a_clear_error_not_a_crash(tmp_path):
     result = export_model(model, str(tmp_path / "paddle"), export_type="paddle")
     x = _images(2)
     assert _rel(load_embedder(result["out_dir"])(x), _dygraph(model, x)) < 1e-4
+
+
+def test_fixed_batch_export_and_embedder_padding(tmp_path):
+    model = _tiny(seed=3)
+    result = export_model(model, str(tmp_path), export_type="paddle", input_shape=[2, 3, 112, 112])
+    assert set(result["parity"]["paddle_inference"]) >= {"batch_2"}
+    embed = load_embedder(str(tmp_path))
+    assert embed.fixed_batch == 2
+    x = _images(3, seed=8)  # 3 images -> batches of 2 and 1 (+1 zero image)
+    assert _rel(embed(x), _dygraph(model, x)) < 1e-4
