@@ -115,21 +115,26 @@ def test_embedder_rejects_wrong_input_shape(onnx_export):
             embed(np.zeros((3, 112, 112), np.float32))
 
 
-def test_paddle_export_from_fp16_weights_is_fp32(tmp_path):
+@pytest.mark.parametrize("dtype", ["float16", "bfloat16", "mixed"])
+def test_paddle_export_from_low_precision_weights_is_fp32(tmp_path, dtype):
     model = _tiny(seed=2)
     model.eval()
     x = _images(3, seed=4)
-    model.to(dtype="float16")  # what FP16 O2 training leaves in the params
-    assert all(p.dtype == paddle.float16 for p in model.parameters())
+    model.to(dtype="float16" if dtype == "mixed" else dtype)
+    if dtype == "mixed":  # O2 keeps norm layers in fp32
+        model.bn.to(dtype="float32")
+        model.features.to(dtype="float32")
+    dtypes = {str(p.dtype) for p in model.parameters()}
+    assert dtypes == ({"paddle.float16", "paddle.float32"} if dtype == "mixed" else {f"paddle.{dtype}"})
     result = export_model(model, str(tmp_path), export_type="paddle", input_shape=(3, 112, 112))
     assert "onnx_file" not in result and set(result["parity"]) == {"paddle_inference"}
-    assert all(p.dtype == paddle.float16 for p in model.parameters()), "caller's model must stay untouched"
+    assert {str(p.dtype) for p in model.parameters()} == dtypes, "caller's model must stay untouched"
     meta = json.load(open(result["meta_file"]))
     assert meta["weights_dtype"] == "float32" and meta["export_type"] == "paddle"
     embed = load_embedder(str(tmp_path))
     y = embed(x)
     assert y.dtype == np.float32
-    model.to(dtype="float32")  # the fp16-rounded weights, in fp32: what the export must reproduce
+    model.to(dtype="float32")  # the rounded weights, in fp32: what the export must reproduce
     assert _rel(y, _dygraph(model, x)) < 1e-4
     # the saved params are fp32: file size = 4 bytes per element (+ small headers)
     n_elem = sum(int(np.prod(p.shape)) for p in model.parameters())
