@@ -1,0 +1,224 @@
+"""IJB-B / IJB-C: 1:1 template verification (TAR at FAR) and 1:N identification (rank-k, TPIR at FPIR).
+
+    results, roc = evaluate_ijb(embed_fn, "/data/IJB_release/IJBC", "IJBC", batch_size=128)
+    print(format_ijb(results)); plot_roc({"model": (roc["fpr"], roc["tpr"])}, "roc.png")
+
+Protocol (as insightface's IJB evaluation):
+- each loose crop is aligned to the 112x112 ArcFace template with a similarity transform from its
+  5 landmarks (plsc.metrics.align), converted to RGB and normalized to [-1, 1];
+- image feature = raw embedding + raw embedding of the mirrored image (flip_test); without
+  norm_weight it is L2-normalized (the norm is a quality weight otherwise); with det_weight it is
+  multiplied by the detector score;
+- template = L2-normalize(sum over its media of the mean feature of the media's images);
+- 1:1: score = cosine of the two templates; TAR at FAR x = the ROC point whose FAR is nearest to x;
+- 1:N (when the 1:N csv files exist): each gallery (G1, G2) on its own against the mixed probes; a
+  probe whose subject is in the gallery is mated, otherwise non-mated. rank-k = share of mated probes
+  whose best mate score is beaten by fewer than k non-mate templates; TPIR at FPIR f = share of mated
+  probes found at rank 1 with a score above the (floor(f * non-mated) + 1)-th highest non-mated top-1
+  score (so at most a share f of non-mated searches raise an alarm); "mean" averages G1 and G2.
+"""
+import cv2
+import numpy as np
+
+from plsc.errors import DataError
+from plsc.metrics.align import align_face
+from plsc.metrics.embedding import embed_images
+from plsc.metrics.ijb_meta import read_ijb
+
+FARS = (1e-6, 1e-5, 1e-4, 1e-3, 1e-2, 1e-1)
+FPIRS = (1e-2, 1e-1)
+RANKS = (1, 5)
+
+
+def load_aligned(meta, i):
+    """Image i of the meta: read, align with its landmarks, RGB, float32 [3, 112, 112] in [-1, 1]."""
+    path = meta.image_paths[i]
+    img = cv2.imread(path, cv2.IMREAD_COLOR)
+    if img is None:
+        raise DataError(f"{path}: cannot read or decode the image (image {i} of the {meta.target} list)")
+    face = cv2.cvtColor(align_face(img, meta.landmarks[i]), cv2.COLOR_BGR2RGB)
+    return ((face.astype(np.float32) / 255.0 - 0.5) / 0.5).transpose(2, 0, 1)
+
+
+def image_features(raw, flipped=None, scores=None, norm_weight=True, det_weight=True):
+    """Per-image features from raw (and mirrored) embeddings with the optional norm / detector weights."""
+    f = np.asarray(raw, np.float64)
+    if flipped is not None:
+        f = f + np.asarray(flipped, np.float64)
+    if not norm_weight:
+        f = f / np.maximum(np.linalg.norm(f, axis=1, keepdims=True), 1e-12)
+    if det_weight:
+        f = f * np.asarray(scores, np.float64)[:, None]
+    return f
+
+
+def _group_sum(values, keys):
+    """Sum rows of `values` per distinct key -> (sorted distinct keys, sums, counts)."""
+    order = np.argsort(keys, kind="stable")
+    k = keys[order]
+    starts = np.flatnonzero(np.r_[True, k[1:] != k[:-1]])
+    sums = np.add.reduceat(values[order], starts, axis=0)
+    counts = np.diff(np.r_[starts, k.size])
+    return k[starts], sums, counts
+
+
+def template_features(feats, templates, medias):
+    """-> (sorted template ids, L2-normalized template features): mean per media, summed per template."""
+    t_ids, t_idx = np.unique(templates, return_inverse=True)
+    _, m_idx = np.unique(medias, return_inverse=True)
+    key = t_idx.reshape(-1).astype(np.int64) * (int(m_idx.max()) + 1) + m_idx.reshape(-1)
+    media_keys, media_sum, media_count = _group_sum(np.asarray(feats, np.float64), key)
+    media_mean = media_sum / media_count[:, None]
+    media_template = media_keys // (int(m_idx.max()) + 1)
+    _, tmpl, _ = _group_sum(media_mean, media_template)
+    tmpl = tmpl / np.maximum(np.linalg.norm(tmpl, axis=1, keepdims=True), 1e-12)
+    return t_ids, tmpl
+
+
+def _rows_of(t_ids, wanted):
+    idx = np.searchsorted(t_ids, wanted)
+    idx = np.minimum(idx, t_ids.size - 1)
+    bad = t_ids[idx] != wanted
+    if bad.any():
+        raise DataError(f"template {int(np.asarray(wanted)[bad][0])} has no features")
+    return idx
+
+
+def pair_scores(t_ids, t_feats, t1, t2, chunk=100000):
+    """Cosine score of each template pair (t1[i], t2[i])."""
+    i1, i2 = _rows_of(t_ids, t1), _rows_of(t_ids, t2)
+    out = np.empty(len(i1))
+    for s in range(0, len(i1), chunk):
+        out[s:s + chunk] = np.einsum("ij,ij->i", t_feats[i1[s:s + chunk]], t_feats[i2[s:s + chunk]])
+    return out
+
+
+def roc_curve(labels, scores):
+    """ROC over every distinct score (accept when score >= threshold) -> (fpr, tpr, thresholds).
+
+    The first point is (0, 0) at threshold +inf, as sklearn.metrics.roc_curve(drop_intermediate=False).
+    """
+    labels = np.asarray(labels).astype(bool)
+    scores = np.asarray(scores, np.float64)
+    if labels.all() or not labels.any():
+        raise DataError(f"ROC needs both genuine and impostor pairs; got {int(labels.sum())} genuine "
+                        f"of {labels.size}")
+    order = np.argsort(-scores, kind="mergesort")
+    s, y = scores[order], labels[order]
+    last = np.r_[np.flatnonzero(s[1:] != s[:-1]), s.size - 1]  # last index of each distinct score
+    tps = np.cumsum(y)[last]
+    fps = (last + 1) - tps
+    tps, fps = np.r_[0, tps], np.r_[0, fps]
+    return fps / fps[-1], tps / tps[-1], np.r_[np.inf, s[last]]
+
+
+def tar_at_far(fpr, tpr, fars=FARS):
+    """{"1e-04": TAR at the ROC point whose FAR is nearest to 1e-4 (the first such point), ...}."""
+    return {f"{x:.0e}": float(tpr[int(np.argmin(np.abs(fpr - x)))]) for x in fars}
+
+
+def identification(t_ids, t_feats, gallery, probes, ranks=RANKS, fpirs=FPIRS, chunk=4096):
+    """Open-set 1:N of probes (template ids, subject ids) against a gallery (template ids, subject ids)."""
+    g_t, g_s = gallery
+    p_t, p_s = probes
+    g = t_feats[_rows_of(t_ids, g_t)]
+    p = t_feats[_rows_of(t_ids, p_t)]
+    mate = np.full(len(p_t), -np.inf)
+    top1 = np.empty(len(p_t))
+    beaten = np.zeros(len(p_t), np.int64)  # non-mate gallery templates scoring above the best mate
+    for s in range(0, len(p_t), chunk):
+        sim = p[s:s + chunk] @ g.T
+        is_mate = p_s[s:s + chunk, None] == g_s[None, :]
+        m = np.where(is_mate, sim, -np.inf).max(axis=1)
+        mate[s:s + chunk] = m
+        top1[s:s + chunk] = sim.max(axis=1)
+        beaten[s:s + chunk] = np.sum((sim > m[:, None]) & ~is_mate, axis=1)
+    mated = np.isin(p_s, g_s)
+    out = {"mated": int(mated.sum()), "non_mated": int((~mated).sum())}
+    for k in ranks:
+        out[f"rank{k}"] = float(np.mean(beaten[mated] < k)) if mated.any() else None
+    nm = np.sort(top1[~mated])[::-1]
+    for f in fpirs:
+        key = f"tpir@fpir{f:.0e}"
+        if not mated.any() or nm.size == 0:
+            out[key] = None
+            continue
+        k = int(np.floor(f * nm.size + 1e-9))
+        thr = nm[k] if k < nm.size else -np.inf
+        out[key] = float(np.mean((beaten[mated] == 0) & (mate[mated] > thr)))
+    return out
+
+
+def evaluate_ijb(embed_fn, root, target="IJBC", batch_size=128, flip_test=True, norm_weight=True,
+                 det_weight=True, rank=0, world_size=1, meta=None):
+    """-> (results dict of plain numbers, roc {fpr, tpr, scores, labels} arrays). Same on every rank.
+
+    meta: an already read IJBMeta of (root, target) (read here when None).
+    """
+    meta = read_ijb(root, target) if meta is None else meta
+    n = len(meta.image_paths)
+    raw, flipped = embed_images(embed_fn, lambda i: load_aligned(meta, i), n, batch_size=batch_size,
+                                flip_test=flip_test, rank=rank, world_size=world_size, name=f"{meta.target} images")
+    for kind, arr in (("image", raw), ("mirrored image", flipped)):
+        bad = np.flatnonzero(~np.isfinite(arr).all(axis=1)) if arr is not None else []
+        if len(bad):
+            raise DataError(f"{meta.target}: the embedding of {kind} {int(bad[0])} ({meta.image_paths[bad[0]]}) "
+                            f"is not finite (NaN/Inf); {len(bad)} such embeddings")
+    feats = image_features(raw, flipped, meta.scores, norm_weight, det_weight)
+    t_ids, t_feats = template_features(feats, meta.templates, meta.medias)
+    scores = pair_scores(t_ids, t_feats, meta.pair_t1, meta.pair_t2)
+    fpr, tpr, _ = roc_curve(meta.pair_labels, scores)
+    results = {
+        "target": meta.target, "num_images": n, "num_templates": int(t_ids.size),
+        "num_pairs": int(scores.size), "num_genuine": int(meta.pair_labels.sum()),
+        "flip_test": bool(flip_test), "norm_weight": bool(norm_weight), "det_weight": bool(det_weight),
+        "tar_at_far": tar_at_far(fpr, tpr), "identification": None,
+    }
+    if meta.one_to_n:
+        ident = {g: identification(t_ids, t_feats, meta.one_to_n[g], meta.one_to_n["probe"]) for g in ("G1", "G2")}
+        keys = [k for k in ident["G1"] if k not in ("mated", "non_mated")]
+        ident["mean"] = {k: (None if any(ident[g][k] is None for g in ("G1", "G2"))
+                             else (ident["G1"][k] + ident["G2"][k]) / 2) for k in keys}
+        results["identification"] = ident
+    return results, {"fpr": fpr, "tpr": tpr, "scores": scores, "labels": meta.pair_labels}
+
+
+def format_ijb(results):
+    """Text tables of the 1:1 TAR@FAR row and the 1:N rows."""
+    tar = results["tar_at_far"]
+    lines = [f"{results['target']} 1:1 verification ({results['num_templates']} templates, {results['num_pairs']} "
+             f"pairs, flip={results['flip_test']}, norm_weight={results['norm_weight']}, "
+             f"det_weight={results['det_weight']})",
+             "  ".join(f"{'FAR=' + k:>10}" for k in tar), "  ".join(f"{100 * v:>10.2f}" for v in tar.values())]
+    ident = results.get("identification")
+    if ident is None:
+        lines.append(f"1:N identification: not run (no {results['target'].lower()}_1N_*.csv files in meta/)")
+    else:
+        keys = list(ident["mean"])
+        lines.append("1:N identification (%)")
+        lines.append(f"{'gallery':<8}" + "".join(f"{k:>16}" for k in keys))
+        for g, row in ident.items():
+            lines.append(f"{g:<8}" + "".join(f"{'n/a' if row[k] is None else f'{100 * row[k]:.2f}':>16}" for k in keys))
+    return "\n".join(lines)
+
+
+def plot_roc(curves, path, title="ROC"):
+    """Write a ROC plot (TAR against log FAR) of {label: (fpr, tpr)} to a PNG file."""
+    from matplotlib.figure import Figure  # no pyplot: Agg canvas, no global backend state
+
+    fig = Figure(figsize=(6, 5))
+    ax = fig.subplots()
+    for label, (fpr, tpr) in curves.items():
+        keep = fpr > 0
+        ax.plot(fpr[keep], tpr[keep], lw=1.5, label=label)
+    ax.set_xscale("log")
+    ax.set_xlim(1e-6, 1.0)
+    ax.set_ylim(0.0, 1.0)
+    ax.set_xlabel("False Positive Rate")
+    ax.set_ylabel("True Positive Rate")
+    ax.set_title(title)
+    ax.grid(True, which="both", alpha=0.3)
+    ax.legend(loc="lower right")
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    return path

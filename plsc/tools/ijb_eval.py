@@ -1,0 +1,121 @@
+"""plsc-ijb: IJB-B / IJB-C 1:1 verification and 1:N identification of a model.
+
+    plsc-ijb --model output/IResNet50/export/model.onnx --root ./ijb/IJBC --target IJBC --out ijbc_out
+    plsc-ijb --model output/IResNet50/export --root ./ijb/IJBB --target IJBB       # Paddle inference model
+    plsc-ijb -c configs/ms1mv3/IResNet50_arcface.yaml -o Global.pretrained_model=output/IResNet50/best_model \\
+             --root ./ijb/IJBC --target IJBC                                       # training checkpoint
+    python -m paddle.distributed.launch --nproc_per_node=8 plsc-ijb ...            # images split over ranks
+
+Writes <out>/<target>_results.json, <out>/<target>_roc.png (and <target>_scores.npz with
+--save-scores) and prints the TAR@FAR and identification tables. A user error prints one message
+and exits with code 2.
+"""
+import argparse
+import json
+import os
+import sys
+
+from plsc.env import setup_threads
+
+DOC = __doc__
+
+
+def build_parser():
+    p = argparse.ArgumentParser(prog="plsc-ijb", description=DOC.split("\n")[0],
+                                epilog=DOC.split("\n\n", 1)[1], formatter_class=argparse.RawDescriptionHelpFormatter)
+    src = p.add_argument_group("model (one of)")
+    src.add_argument("--model", help="exported model: a dir with inference.json + .pdiparams, or a .onnx file")
+    src.add_argument("-c", "--config", help="training config of a checkpoint (with -o Global.pretrained_model=...)")
+    src.add_argument("-o", "--override", action="append", default=[], metavar="KEY=VALUE",
+                     help="override a config key (repeatable)")
+    p.add_argument("--root", required=True, help="IJB folder holding meta/ and loose_crop/")
+    p.add_argument("--target", default="IJBC", type=str.upper, choices=["IJBB", "IJBC"], help="IJBB or IJBC")
+    p.add_argument("--out", default=None, help="output folder (default: ./ijb_results)")
+    p.add_argument("--batch-size", type=int, default=128, help="images per forward pass (default 128)")
+    p.add_argument("--no-flip", action="store_true", help="do not add the embedding of the mirrored image")
+    p.add_argument("--norm-weight", action=argparse.BooleanOptionalAction, default=True,
+                   help="keep the feature norm as a quality weight in the template average (default on)")
+    p.add_argument("--det-weight", action=argparse.BooleanOptionalAction, default=True,
+                   help="weight image features by the detector score (default on)")
+    p.add_argument("--save-scores", action="store_true", help="also write the 1:1 pair scores and labels (.npz)")
+    return p
+
+
+def _is_exported(path):
+    return path.endswith(".onnx") or path.endswith("inference.json") or \
+        os.path.isfile(os.path.join(path, "inference.json"))
+
+
+def resolve_embedder(args):
+    """-> (embed_fn, label, rank, world_size) for --model or -c/-o."""
+    from plsc.errors import ConfigError
+
+    if bool(args.model) == bool(args.config):
+        raise ConfigError("give the model either as --model <exported dir or .onnx> or as "
+                          "-c <config> -o Global.pretrained_model=<checkpoint>")
+    if args.config:
+        from plsc.config import load_config
+
+        cfg = load_config(args.config, args.override)
+        path = cfg["Global"]["pretrained_model"]
+        if not path:
+            raise ConfigError("-c needs the checkpoint to evaluate: -o Global.pretrained_model=<checkpoint dir>")
+        if not _is_exported(path):
+            from plsc.engine.engine import Engine
+
+            engine = Engine(cfg, mode="eval")
+            return engine.embed, cfg["Model"]["name"], engine.rank, engine.world_size
+    else:
+        if args.override:
+            raise ConfigError("-o overrides apply to -c configs; an exported --model takes none")
+        path = args.model
+    from plsc.engine.dp import world
+    from plsc.inference import load_embedder
+
+    rank, world_size = world()
+    return load_embedder(path), os.path.basename(os.path.normpath(path)), rank, world_size
+
+
+def run(args):
+    import numpy as np
+
+    from plsc.metrics.ijb import evaluate_ijb, format_ijb, plot_roc, read_ijb
+
+    meta = read_ijb(args.root, args.target)  # fail on missing meta files before loading any model
+    embed_fn, label, rank, world_size = resolve_embedder(args)
+    results, roc = evaluate_ijb(embed_fn, args.root, args.target, batch_size=args.batch_size,
+                                flip_test=not args.no_flip, norm_weight=args.norm_weight,
+                                det_weight=args.det_weight, rank=rank, world_size=world_size, meta=meta)
+    if rank != 0:
+        return results
+    out = args.out or "ijb_results"
+    os.makedirs(out, exist_ok=True)
+    stem = os.path.join(out, args.target.lower())
+    results["model"] = label
+    with open(stem + "_results.json", "w") as f:
+        json.dump(results, f, indent=1)
+    plot_roc({label: (roc["fpr"], roc["tpr"])}, stem + "_roc.png", title=f"ROC on {args.target}")
+    if args.save_scores:
+        np.savez(stem + "_scores.npz", **roc)
+    print(format_ijb(results), flush=True)
+    print(f"wrote {stem}_results.json and {stem}_roc.png", flush=True)
+    return results
+
+
+def main(argv=None):
+    args = build_parser().parse_args(argv)
+    setup_threads()  # before paddle is imported
+    from plsc.errors import PlscError
+
+    if args.batch_size < 1:
+        print(f"plsc-ijb: error: --batch-size must be >= 1, got {args.batch_size}", file=sys.stderr)
+        sys.exit(2)
+    try:
+        return run(args)
+    except PlscError as e:
+        print(f"plsc-ijb: error: {e}", file=sys.stderr, flush=True)
+        sys.exit(2)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,333 @@
+"""IJB-B/C: alignment, template pooling, ROC / identification math, end to end on a tiny IJB folder, CLI, bad input."""
+import json
+import os
+import textwrap
+from itertools import combinations
+
+import cv2
+import numpy as np
+import pytest
+
+from plsc.errors import DataError
+from plsc.metrics.align import ARCFACE_TEMPLATE, align_face, umeyama
+from plsc.metrics.ijb import FARS, evaluate_ijb, load_aligned, roc_curve, tar_at_far
+from plsc.metrics.ijb_meta import read_ijb
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def similarity(angle, scale, tx, ty):
+    c, s = scale * np.cos(angle), scale * np.sin(angle)
+    return np.array([[c, -s, tx], [s, c, ty]])
+
+
+def apply(m, pts):
+    return pts @ m[:, :2].T + m[:, 2]
+
+
+# ----------------------------------------------------------------- alignment
+def test_umeyama_recovers_a_similarity():
+    m = similarity(0.4, 1.7, 12.0, -5.0)
+    est = umeyama(ARCFACE_TEMPLATE, apply(m, ARCFACE_TEMPLATE))
+    assert np.allclose(est, m, atol=1e-9)
+    # mirrored landmarks: the best *proper* similarity (no reflection), det > 0
+    mirrored = ARCFACE_TEMPLATE * np.array([-1.0, 1.0])
+    est = umeyama(mirrored, ARCFACE_TEMPLATE)
+    assert np.linalg.det(est[:, :2]) > 0
+    with pytest.raises(DataError, match="degenerate"):
+        umeyama(np.ones((5, 2)), ARCFACE_TEMPLATE)
+
+
+def _face(ident):
+    base = np.random.default_rng(500 + ident).integers(0, 256, (14, 14, 3)).astype(np.uint8)
+    return cv2.resize(base, (112, 112), interpolation=cv2.INTER_NEAREST)
+
+
+def test_align_face_undoes_the_warp():
+    face = _face(0)
+    m = similarity(-0.3, 1.2, 30.0, 10.0)
+    canvas = cv2.warpAffine(face, m, (180, 180), flags=cv2.INTER_LINEAR)
+    aligned = align_face(canvas, apply(m, ARCFACE_TEMPLATE))
+    inner = (slice(20, 92), slice(20, 92))  # away from the border the crop is the original face
+    assert np.mean(np.abs(aligned[inner].astype(float) - face[inner])) < 12.0
+    assert aligned.shape == (112, 112, 3)
+
+
+# ----------------------------------------------------------------- ROC against a brute-force scan
+def test_roc_tar_at_far_matches_brute_force():
+    rng = np.random.default_rng(0)
+    labels = rng.random(3000) < 0.2
+    scores = np.round(np.where(labels, rng.normal(0.6, 0.2, 3000), rng.normal(0.1, 0.2, 3000)), 2)  # ties
+    fpr, tpr, thr = roc_curve(labels, scores)
+    got = tar_at_far(fpr, tpr, FARS + (0.37,))
+    pts = [(0.0, 0.0)]
+    for t in sorted(set(scores.tolist()), reverse=True):  # accept score >= t
+        pts.append((np.mean(scores[~labels] >= t), np.mean(scores[labels] >= t)))
+    for x in FARS + (0.37,):
+        dists = [abs(f - x) for f, _ in pts]
+        want = pts[dists.index(min(dists))][1]
+        assert got[f"{x:.0e}"] == pytest.approx(want), x
+    assert fpr[-1] == 1.0 and tpr[-1] == 1.0 and np.all(np.diff(fpr) >= 0)
+
+
+# ----------------------------------------------------------------- a tiny IJB folder
+SUBJECTS, TEMPLATES_PER_SUBJECT = 6, 3
+
+
+def make_ijb(root, target="IJBC", one_to_n=True, seed=0):
+    """6 subjects x 3 templates x (media of 2 images + media of 1 image); all template pairs."""
+    rng = np.random.default_rng(seed)
+    p = target.lower()
+    os.makedirs(os.path.join(root, "meta"))
+    os.makedirs(os.path.join(root, "loose_crop"))
+    tid_lines, lmk_lines, gens, subject_of = [], [], [], {}
+    media = 0
+    for s in range(SUBJECTS):
+        for k in range(TEMPLATES_PER_SUBJECT):
+            t = 100 * s + k + 1
+            subject_of[t] = s
+            for n_img in (2, 1):
+                media += 1
+                for _ in range(n_img):
+                    i = len(tid_lines)
+                    m = similarity(rng.uniform(-0.4, 0.4), rng.uniform(0.9, 1.4), rng.uniform(5, 40), rng.uniform(5, 40))
+                    img = cv2.warpAffine(_face(s), m, (190, 190), flags=cv2.INTER_LINEAR)
+                    img = np.clip(img + rng.normal(0, 8, img.shape), 0, 255).astype(np.uint8)
+                    name = f"{i + 1}.jpg"
+                    cv2.imwrite(os.path.join(root, "loose_crop", name), img, [cv2.IMWRITE_JPEG_QUALITY, 97])
+                    tid_lines.append(f"{name} {t} {media}")
+                    lmk = apply(m, ARCFACE_TEMPLATE).reshape(-1)
+                    lmk_lines.append(" ".join([name] + [f"{v:.3f}" for v in lmk] + [f"{rng.uniform(0.5, 1.0):.4f}"]))
+                    gens.append(m)
+    order = rng.permutation(len(lmk_lines))  # the landmark file need not follow the image list order
+    with open(os.path.join(root, "meta", f"{p}_face_tid_mid.txt"), "w") as f:
+        f.write("\n".join(tid_lines) + "\n")
+    with open(os.path.join(root, "meta", f"{p}_name_5pts_score.txt"), "w") as f:
+        f.write("\n".join(lmk_lines[i] for i in order) + "\n")
+    with open(os.path.join(root, "meta", f"{p}_template_pair_label.txt"), "w") as f:
+        for a, b in combinations(sorted(subject_of), 2):
+            f.write(f"{a} {b} {int(subject_of[a] == subject_of[b])}\n")
+    if one_to_n:
+        head = "TEMPLATE_ID,SUBJECT_ID,FILENAME\n"
+        rows = {"1N_gallery_G1.csv": [t for t in subject_of if t % 100 == 1 and subject_of[t] < 3],
+                "1N_gallery_G2.csv": [t for t in subject_of if t % 100 == 1 and subject_of[t] >= 3],
+                "1N_probe_mixed.csv": [t for t in subject_of if t % 100 != 1]}
+        for fname, ts in rows.items():
+            with open(os.path.join(root, "meta", f"{p}_{fname}"), "w") as f:
+                f.write(head + "".join(f"{t},{subject_of[t]},img/{t}.jpg\n{t},{subject_of[t]},img/{t}b.jpg\n" for t in ts))
+    return gens, subject_of
+
+
+class PoolEmbed:
+    """numpy model: 14x14 average pooling -> 192-d, centered per image (matches the ONNX model below)."""
+
+    def __init__(self):
+        self.images = 0
+
+    def __call__(self, x):
+        self.images += len(x)
+        pooled = x.reshape(len(x), 3, 8, 14, 8, 14).mean(axis=(3, 5)).reshape(len(x), -1)
+        return (pooled - pooled.mean(axis=1, keepdims=True)).astype(np.float32)
+
+
+def brute_force(meta, raw, flipped, norm_weight, det_weight):
+    """Templates and metrics with dicts and loops (no shared code with plsc.metrics.ijb)."""
+    feats = {}
+    for i in range(len(raw)):
+        f = raw[i].astype(np.float64) + (flipped[i] if flipped is not None else 0)
+        if not norm_weight:
+            f = f / np.linalg.norm(f)
+        if det_weight:
+            f = f * meta.scores[i]
+        feats.setdefault(int(meta.templates[i]), {}).setdefault(int(meta.medias[i]), []).append(f)
+    tmpl = {}
+    for t, by_media in feats.items():
+        v = np.mean([np.mean(fs, axis=0) for fs in by_media.values()], axis=0)
+        tmpl[t] = v / np.linalg.norm(v)
+    scores = np.array([tmpl[a] @ tmpl[b] for a, b in zip(meta.pair_t1, meta.pair_t2)])
+    labels = meta.pair_labels.astype(bool)
+    pts = [(0.0, 0.0)] + [(np.mean(scores[~labels] >= t), np.mean(scores[labels] >= t))
+                          for t in sorted(set(scores.tolist()), reverse=True)]
+    tar = {}
+    for x in FARS:
+        d = [abs(f - x) for f, _ in pts]
+        tar[f"{x:.0e}"] = pts[d.index(min(d))][1]
+    ident = {}
+    probes = list(zip(*meta.one_to_n["probe"]))
+    for g in ("G1", "G2"):
+        gallery = list(zip(*meta.one_to_n[g]))
+        mated_ranks, mated_scores, nonmated_top = [], [], []
+        for pt, ps in probes:
+            sims = [(tmpl[pt] @ tmpl[gt], gs) for gt, gs in gallery]
+            if any(gs == ps for _, gs in sims):
+                best_mate = max(s for s, gs in sims if gs == ps)
+                mated_ranks.append(1 + sum(1 for s, gs in sims if gs != ps and s > best_mate))
+                mated_scores.append(best_mate)
+            else:
+                nonmated_top.append(max(s for s, _ in sims))
+        row = {"rank1": np.mean([r <= 1 for r in mated_ranks]), "rank5": np.mean([r <= 5 for r in mated_ranks])}
+        for f in (1e-2, 1e-1):
+            allowed = int(np.floor(f * len(nonmated_top)))  # non-mated alarms allowed
+            cands = [t for t in sorted(nonmated_top)] + [np.inf]
+            thr = min(t for t in cands if sum(1 for s in nonmated_top if s > t) <= allowed)
+            row[f"tpir@fpir{f:.0e}"] = np.mean([r == 1 and s > thr for r, s in zip(mated_ranks, mated_scores)])
+        ident[g] = row
+    return tar, ident
+
+
+@pytest.fixture(scope="module")
+def ijb_root(tmp_path_factory):
+    root = str(tmp_path_factory.mktemp("ijb") / "IJBC")
+    gens, _ = make_ijb(root)
+    return root, gens
+
+
+def test_load_aligned_matches_the_known_warp(ijb_root):
+    root, gens = ijb_root
+    meta = read_ijb(root, "IJBC")
+    assert len(meta.image_paths) == SUBJECTS * TEMPLATES_PER_SUBJECT * 3
+    for i in (0, 7, 40):
+        img = cv2.imread(meta.image_paths[i])
+        expect = cv2.warpAffine(img, cv2.invertAffineTransform(gens[i]), (112, 112))  # the true inverse warp
+        expect = (cv2.cvtColor(expect, cv2.COLOR_BGR2RGB).astype(np.float32) / 127.5 - 1).transpose(2, 0, 1)
+        assert np.mean(np.abs(load_aligned(meta, i) - expect)) < 0.01
+
+
+@pytest.mark.parametrize("flip,norm_weight,det_weight", [(True, True, True), (False, False, True), (True, False, False)])
+def test_ijb_end_to_end_matches_brute_force(ijb_root, flip, norm_weight, det_weight):
+    root, _ = ijb_root
+    model = PoolEmbed()
+    res, roc = evaluate_ijb(model, root, "IJBC", batch_size=10, flip_test=flip, norm_weight=norm_weight,
+                            det_weight=det_weight)
+    meta = read_ijb(root, "IJBC")
+    x = np.stack([load_aligned(meta, i) for i in range(len(meta.image_paths))])
+    ref = PoolEmbed()
+    raw, flipped = ref(x), (ref(np.ascontiguousarray(x[:, :, :, ::-1])) if flip else None)
+    tar, ident = brute_force(meta, raw, flipped, norm_weight, det_weight)
+    assert res["tar_at_far"] == pytest.approx(tar)
+    for g in ("G1", "G2"):
+        assert {k: res["identification"][g][k] for k in ident[g]} == pytest.approx(ident[g])
+        assert res["identification"][g]["mated"] == 6 and res["identification"][g]["non_mated"] == 6
+    assert model.images == (2 if flip else 1) * len(meta.image_paths)
+    assert res["num_templates"] == 18 and res["num_pairs"] == 153 and res["num_genuine"] == 18
+    # the subjects are far apart: every genuine pair is accepted at FAR 1e-1 and every probe is found
+    assert res["tar_at_far"]["1e-01"] == 1.0 and res["identification"]["mean"]["rank1"] == 1.0
+    assert len(roc["scores"]) == 153
+    json.dumps(res)
+
+
+def test_ijb_without_1n_files_says_so(tmp_path):
+    from plsc.metrics.ijb import format_ijb
+
+    root = str(tmp_path / "IJBB")
+    make_ijb(root, target="IJBB", one_to_n=False)
+    res, _ = evaluate_ijb(PoolEmbed(), root, "IJBB", flip_test=False)
+    assert res["identification"] is None and res["target"] == "IJBB"
+    assert "not run" in format_ijb(res)
+
+
+# ----------------------------------------------------------------- the CLI with a real ONNX model
+def _write_pool_onnx(path):
+    import onnx
+    from onnx import TensorProto, helper
+
+    nodes = [helper.make_node("AveragePool", ["images"], ["p"], kernel_shape=[14, 14], strides=[14, 14]),
+             helper.make_node("Flatten", ["p"], ["f"], axis=1),
+             helper.make_node("ReduceMean", ["f"], ["m"], axes=[1], keepdims=1),
+             helper.make_node("Sub", ["f", "m"], ["embedding"])]
+    graph = helper.make_graph(nodes, "pool", [helper.make_tensor_value_info("images", TensorProto.FLOAT, ["N", 3, 112, 112])],
+                              [helper.make_tensor_value_info("embedding", TensorProto.FLOAT, ["N", 192])])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 13)])
+    model.ir_version = 8
+    onnx.save(model, path)
+
+
+def test_cli_with_onnx_model(ijb_root, tmp_path, capsys):
+    from plsc.tools.ijb_eval import main
+
+    root, _ = ijb_root
+    _write_pool_onnx(str(tmp_path / "pool.onnx"))
+    out = tmp_path / "out"
+    main(["--model", str(tmp_path / "pool.onnx"), "--root", root, "--target", "IJBC", "--out", str(out),
+          "--batch-size", "16", "--no-det-weight", "--save-scores"])
+    res = json.loads((out / "ijbc_results.json").read_text())
+    png = cv2.imread(str(out / "ijbc_roc.png"))
+    assert png is not None and png.shape[0] > 100
+    assert set(np.load(out / "ijbc_scores.npz").files) == {"fpr", "tpr", "scores", "labels"}
+    ref, _ = evaluate_ijb(PoolEmbed(), root, "IJBC", det_weight=False)
+    assert res["tar_at_far"] == ref["tar_at_far"] and res["identification"] == ref["identification"]
+    assert res["det_weight"] is False and res["norm_weight"] is True
+    text = capsys.readouterr().out
+    assert "FAR=1e-04" in text and "rank1" in text
+
+
+def test_cli_errors_exit_2(tmp_path, capsys):
+    from plsc.tools.ijb_eval import main
+
+    root = str(tmp_path / "IJBC")
+    make_ijb(root)
+    os.remove(os.path.join(root, "meta", "ijbc_template_pair_label.txt"))
+    with pytest.raises(SystemExit) as e:
+        main(["--model", "nowhere.onnx", "--root", root])
+    assert e.value.code == 2
+    assert "ijbc_template_pair_label.txt" in capsys.readouterr().err
+
+
+# ----------------------------------------------------------------- bad input
+@pytest.mark.parametrize("victim", ["ijbc_face_tid_mid.txt", "ijbc_name_5pts_score.txt", "ijbc_1N_gallery_G2.csv"])
+def test_missing_meta_file_is_named(tmp_path, victim):
+    root = str(tmp_path / "IJBC")
+    make_ijb(root)
+    os.remove(os.path.join(root, "meta", victim))
+    with pytest.raises(DataError, match=f"missing IJB meta file .*{victim}"):
+        read_ijb(root, "IJBC")
+
+
+def test_undecodable_image_nan_and_bad_lines(tmp_path):
+    root = str(tmp_path / "IJBC")
+    make_ijb(root, one_to_n=False)
+    with open(os.path.join(root, "loose_crop", "5.jpg"), "wb") as f:
+        f.write(b"garbage")
+    with pytest.raises(DataError, match=r"5.jpg: cannot read or decode the image \(image 4"):
+        evaluate_ijb(PoolEmbed(), root, "IJBC")
+    cv2.imwrite(os.path.join(root, "loose_crop", "5.jpg"), _face(1))
+
+    def nan_model(x, seen=[0]):
+        out = PoolEmbed()(x)
+        if seen[0] <= 9 < seen[0] + len(x):
+            out[9 - seen[0]] = np.nan
+        seen[0] += len(x)
+        return out
+
+    with pytest.raises(DataError, match=r"image 9 \(.*10.jpg\) is not finite"):
+        evaluate_ijb(nan_model, root, "IJBC", flip_test=False, batch_size=4)
+    pairs = os.path.join(root, "meta", "ijbc_template_pair_label.txt")
+    with open(pairs, "a") as f:
+        f.write("101 999 0\n")
+    with pytest.raises(DataError, match="template 999"):
+        read_ijb(root, "IJBC")
+    with open(pairs, "a") as f:
+        f.write("101 102\n")
+    with pytest.raises(DataError, match=r"ijbc_template_pair_label.txt: line 155: expected 3 fields"):
+        read_ijb(root, "IJBC")
+
+
+# ----------------------------------------------------------------- two ranks through the CLI
+def test_cli_two_ranks(ijb_root, tmp_path):
+    from dist_utils import launch
+
+    root, _ = ijb_root
+    _write_pool_onnx(str(tmp_path / "pool.onnx"))
+    script = tmp_path / "run_ijb.py"
+    script.write_text(textwrap.dedent(f"""
+        import sys
+        sys.path.insert(0, {ROOT!r})
+        from plsc.tools.ijb_eval import main
+        main(sys.argv[1:])
+    """))
+    out = tmp_path / "out2"
+    launch([script, "--model", tmp_path / "pool.onnx", "--root", root, "--out", out, "--batch-size", "8"],
+           nproc=2, log_dir=tmp_path / "log")
+    res = json.loads((out / "ijbc_results.json").read_text())
+    ref, _ = evaluate_ijb(PoolEmbed(), root, "IJBC")
+    assert res["tar_at_far"] == ref["tar_at_far"] and res["identification"] == ref["identification"]
