@@ -256,3 +256,33 @@ def test_fixed_batch_export_and_embedder_padding(tmp_path):
     assert embed.fixed_batch == 2
     x = _images(3, seed=8)  # 3 images -> batches of 2 and 1 (+1 zero image)
     assert _rel(embed(x), _dygraph(model, x)) < 1e-4
+
+
+def test_verification_on_exported_models_equals_dygraph(onnx_export, tmp_path):
+    """plsc-eval's metric on an exported model (Paddle inference and ONNX) = on the dygraph model."""
+    import cv2
+
+    from plsc.data.bin import save_bin
+    from plsc.metrics.evaluator import evaluate_bins
+
+    rng = np.random.default_rng(11)
+    images, issame = [], []
+    for i in range(40):
+        a = rng.integers(0, 256, (112, 112, 3), dtype=np.uint8)
+        same = i % 2 == 0
+        b = np.clip(a.astype(int) + rng.integers(-20, 21, a.shape), 0, 255).astype(np.uint8) if same \
+            else rng.integers(0, 256, (112, 112, 3), dtype=np.uint8)
+        images += [cv2.imencode(".png", a)[1].tobytes(), cv2.imencode(".png", b)[1].tobytes()]
+        issame.append(same)
+    save_bin(str(tmp_path / "toy.bin"), images, issame)
+    model, out, result = onnx_export
+
+    def dygraph(x):
+        return _dygraph(model, x)
+
+    bins = {"toy": str(tmp_path / "toy.bin")}
+    ref = evaluate_bins(dygraph, bins, batch_size=16)["toy"]
+    for path in (out, result["onnx_file"]):
+        got = evaluate_bins(load_embedder(path), bins, batch_size=16)["toy"]
+        assert got["acc"] == ref["acc"] and got["fold_acc"] == ref["fold_acc"]
+        assert abs(got["xnorm"] - ref["xnorm"]) < 1e-4 * ref["xnorm"]
