@@ -37,7 +37,9 @@ def save_training(engine, final_dir):
 
 
 def _read_fc_shards(ckpt_dir, saved_world):
-    return [ckpt.load_arrays(os.path.join(ckpt_dir, f"fc_rank{r}.npz")) for r in range(saved_world)]
+    """The saved FC shards one at a time (never all in memory at once)."""
+    for r in range(saved_world):
+        yield ckpt.load_arrays(os.path.join(ckpt_dir, f"fc_rank{r}.npz"))
 
 
 def restore_training(engine, path):

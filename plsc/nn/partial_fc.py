@@ -22,6 +22,7 @@ import math
 import numpy as np
 import paddle
 import paddle.nn.functional as F
+from paddle.autograd import PyLayer
 
 from plsc.distributed import all_gather_sizes, gather_labels, gather_rows, rank, seeded_rng, shard_range, world_size
 from plsc.errors import DataError
@@ -42,6 +43,39 @@ def init_rows(seed, start, end, dim):
         out[lo - start: hi - start] = rows[lo - b0: hi - b0] * INIT_STD
         block += 1
     return out
+
+
+class _CosineLogits(PyLayer):
+    """cos[i, j] = x_i . w_j / |w_j| for unit rows x_i, clipped to [-1, 1].
+
+    Written out so no normalized [K, D] copy of w is kept for the backward and the gradient of
+    w is built in one [K, D] buffer: at millions of classes the autograd version of
+    normalize + matmul keeps two more [K, D] tensors alive.
+    """
+
+    @staticmethod
+    def forward(ctx, x, w):
+        inv = 1.0 / paddle.clip(paddle.sqrt(paddle.square(w).sum(axis=1)), min=1e-12)
+        cos = paddle.clip(paddle.matmul(x, w, transpose_y=True) * inv, -1.0, 1.0)
+        ctx.save_for_backward(x, w, inv, cos)
+        ctx.need = (not x.stop_gradient, not w.stop_gradient)
+        return cos
+
+    @staticmethod
+    def backward(ctx, grad):
+        x, w, inv, cos = ctx.saved_tensor()
+        gs = grad * inv                                   # [N, K]
+        grad_x = paddle.matmul(gs, w) if ctx.need[0] else None
+        if not ctx.need[1]:
+            return grad_x, None
+        coef = (grad * cos).sum(axis=0) * inv * inv       # [K]
+        grad_w = paddle.matmul(gs, x, transpose_x=True)   # [K, D]
+        grad_w.subtract_(w * coef.unsqueeze(1))
+        return grad_x, grad_w
+
+
+def cosine_logits(x_unit, w):
+    return _CosineLogits.apply(x_unit, w)
 
 
 class PartialFC(paddle.nn.Layer):
@@ -116,8 +150,7 @@ class PartialFC(paddle.nn.Layer):
         norms = paddle.linalg.norm(feats, axis=1)
         if self.margin.uses_norms and self.training:
             self.margin.update_stats(norms)
-        cos = paddle.matmul(F.normalize(feats, axis=1), F.normalize(self.sampled, axis=1), transpose_y=True)
-        cos = paddle.clip(cos, -1.0, 1.0)
+        cos = cosine_logits(F.normalize(feats, axis=1), self.sampled)
         logits = self._apply_margin(cos, target, norms) * self.margin.s
         per_sample = sharded_softmax_ce(logits, target, sharded=self.model_parallel)
         return per_sample.mean() * self.margin.weight

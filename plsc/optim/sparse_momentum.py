@@ -18,6 +18,8 @@ import paddle
 
 from plsc.errors import CheckpointError
 
+_CHUNK = 1 << 16  # rows updated at a time
+
 
 class SparseMomentum:
     def __init__(self, head, momentum=0.9, weight_decay=5e-4, multi_precision=False):
@@ -73,17 +75,24 @@ class SparseMomentum:
             return
         index, grad = merged
         w, v, mu, wd = self.head.weight, self.velocity, self.momentum, self.weight_decay
-        if index is None:
-            g = grad + wd * w if wd else grad
-            paddle.assign(mu * v + g, output=v)
-            paddle.assign(w - lr * v, output=w)
-            return
-        idx = paddle.to_tensor(index)
-        rows_w, rows_v = paddle.gather(w, idx), paddle.gather(v, idx)
-        g = grad + wd * rows_w if wd else grad
-        rows_v = mu * rows_v + g
-        paddle.scatter_(v, idx, rows_v, overwrite=True)
-        paddle.scatter_(w, idx, rows_w - lr * rows_v, overwrite=True)
+        rows = grad.shape[0]
+        for a in range(0, rows, _CHUNK):  # chunks bound the temporaries at millions of rows
+            b = min(rows, a + _CHUNK)
+            g = grad[a:b]
+            if index is None:
+                w_rows, v_rows = w[a:b], v[a:b]
+            else:
+                idx = paddle.to_tensor(index[a:b])
+                w_rows, v_rows = paddle.gather(w, idx), paddle.gather(v, idx)
+            if wd:
+                g = g + wd * w_rows
+            v_rows = v_rows.scale_(mu).add_(g) if index is not None else mu * v_rows + g
+            w_rows = w_rows.subtract_(lr * v_rows) if index is not None else w_rows - lr * v_rows
+            if index is None:
+                v[a:b], w[a:b] = v_rows, w_rows
+            else:
+                paddle.scatter_(v, idx, v_rows, overwrite=True)
+                paddle.scatter_(w, idx, w_rows, overwrite=True)
 
     # ------------------------------------------------------------------ checkpoints
     def shard_state(self):

@@ -1,0 +1,157 @@
+"""Benchmark the PartialFC step: time, peak memory and bytes per class, against the matmul floor.
+
+    python tools/bench_partial_fc.py                       # the default grid (C x W x ratio), prints a table
+    python tools/bench_partial_fc.py --classes 5000000 --world 2 --ratio 0.1 --batch 32 --steps 3
+
+Each configuration runs in fresh processes (2 ranks through paddle.distributed.launch for W=2) so
+peak RSS belongs to it alone. One step = PartialFC forward + backward + sparse momentum update
+(the backbone is not included). The floor is 6 * N * K * D / F: N the global batch, K the rows
+used per rank, D the embedding size, F the FLOP/s paddle.matmul reaches here on a [N, D] x [D, K]
+product (forward logits, feature grad and weight grad are three such matmuls of 2*N*K*D flops).
+"""
+import argparse
+import json
+import os
+import resource
+import subprocess
+import sys
+import tempfile
+import time
+
+GRID = [(c, w, r) for c in (100_000, 1_000_000, 4_000_000) for w in (1, 2) for r in (1.0, 0.1)]
+HOST_BYTES = 24 * 2 ** 30
+
+
+def estimate_bytes(classes, world, ratio, batch, dim):
+    """Rough peak per rank: weight + momentum, sampled rows (copy, grad, temp), logits copies."""
+    local = -(-classes // world)
+    k = local if ratio >= 1 else -(-int(ratio * local * 1e6) // int(1e6))
+    n = batch * world
+    return 8 * local * dim + 3 * 4 * k * dim + 6 * 4 * n * k + 600 * 2 ** 20
+
+
+def one(args):
+    from plsc.env import setup_threads
+
+    setup_threads()
+    import numpy as np
+    import paddle
+    import paddle.distributed as dist
+
+    from plsc.nn import build_head
+    from plsc.optim.sparse_momentum import SparseMomentum
+
+    world = int(os.environ.get("PADDLE_TRAINERS_NUM", "1"))
+    if world > 1:
+        dist.init_parallel_env()
+    rank = dist.get_rank() if world > 1 else 0
+    t0 = time.perf_counter()
+    head = build_head({"num_features": args.dim, "class_num": args.classes,
+                       "pfc_config": {"sample_ratio": args.ratio, "model_parallel": True}},
+                      [{"MarginLoss": {"m2": 0.5}}], seed=0)
+    opt = SparseMomentum(head, 0.9, 5e-4)
+    init_s = time.perf_counter() - t0
+    rng = np.random.default_rng(rank)
+    times = []
+    for step in range(args.steps + 1):
+        x = paddle.to_tensor(rng.standard_normal((args.batch, args.dim)).astype(np.float32), stop_gradient=False)
+        y = paddle.to_tensor(rng.integers(0, args.classes, args.batch))
+        if world > 1:
+            dist.barrier()
+        t = time.perf_counter()
+        loss = head(x, y)
+        loss.backward()
+        opt.accumulate()
+        opt.step(0.1)
+        opt.clear_grad()
+        _ = loss.item()
+        if step:  # the first step is warm-up
+            times.append(time.perf_counter() - t)
+    k = head.num_sample
+    n = args.batch * world
+    a = paddle.randn([n, args.dim])
+    b = paddle.randn([k, args.dim])
+    paddle.matmul(a, b, transpose_y=True)
+    t = time.perf_counter()
+    for _ in range(3):
+        paddle.matmul(a, b, transpose_y=True).numpy()
+    flops = 2 * n * k * args.dim * 3 / (time.perf_counter() - t)
+    rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+    row = {"classes": args.classes, "world": world, "ratio": args.ratio, "batch": args.batch, "dim": args.dim,
+           "rows_used": k, "step_s": float(np.median(times)), "floor_s": 6 * n * k * args.dim / flops,
+           "peak_rss": rss, "persistent_bytes_per_class": (head.weight.numel().item() * 4 + opt.velocity.numel().item()
+                                                           * 4) / head.num_local, "init_s": init_s,
+           "loss": loss.item()}
+    if world > 1:
+        t = paddle.to_tensor([rss], dtype="int64")
+        dist.all_reduce(t, op=dist.ReduceOp.MAX)
+        row["peak_rss"] = t.item()
+    if rank == 0:
+        print("RESULT " + json.dumps(row), flush=True)
+
+
+def run_config(classes, world, ratio, batch, dim, steps):
+    cmd = [__file__, "--one", "--classes", str(classes), "--ratio", str(ratio), "--batch", str(batch),
+           "--dim", str(dim), "--steps", str(steps)]
+    env = dict(os.environ)
+    if world > 1:
+        log_dir = tempfile.mkdtemp(prefix="bench_pfc_")
+        full = [sys.executable, "-m", "paddle.distributed.launch", "--nproc_per_node", str(world),
+                "--log_dir", log_dir] + cmd
+    else:
+        log_dir, full = None, [sys.executable] + cmd
+    out = subprocess.run(full, capture_output=True, text=True, env=env)
+    text = out.stdout
+    if log_dir:
+        with open(os.path.join(log_dir, "workerlog.0")) as f:
+            text += f.read()
+    for line in text.splitlines():
+        if line.startswith("RESULT "):
+            return json.loads(line[len("RESULT "):])
+    raise RuntimeError(f"config C={classes} W={world} ratio={ratio} failed:\n{text[-2000:]}\n{out.stderr[-2000:]}")
+
+
+def table(rows):
+    head = (f"| classes | W | ratio | batch/rank | rows used/rank | step (s) | matmul floor (s) | step/floor "
+            f"| peak RSS/rank (GiB) | bytes/class/rank (weight+mom) | vs 8*D |")
+    lines = [head, "|" + "---|" * 11]
+    for r in rows:
+        if "skipped" in r:
+            lines.append(f"| {r['classes']:,} | {r['world']} | {r['ratio']} | {r['batch']} | | skipped: {r['skipped']} "
+                         f"| | | | | |")
+            continue
+        lines.append(f"| {r['classes']:,} | {r['world']} | {r['ratio']} | {r['batch']} | {r['rows_used']:,} | "
+                     f"{r['step_s']:.3f} | {r['floor_s']:.3f} | {r['step_s'] / r['floor_s']:.2f} | "
+                     f"{r['peak_rss'] / 2 ** 30:.2f} | {r['persistent_bytes_per_class']:.0f} | "
+                     f"{r['persistent_bytes_per_class'] / (8 * r['dim']):.3f} |")
+    return "\n".join(lines)
+
+
+def main():
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--one", action="store_true", help=argparse.SUPPRESS)
+    p.add_argument("--classes", type=int)
+    p.add_argument("--world", type=int, default=1)
+    p.add_argument("--ratio", type=float, default=0.1)
+    p.add_argument("--batch", type=int, default=128, help="batch per rank")
+    p.add_argument("--dim", type=int, default=512)
+    p.add_argument("--steps", type=int, default=5)
+    args = p.parse_args()
+    if args.one:
+        return one(args)
+    grid = [(args.classes, args.world, args.ratio)] if args.classes else GRID
+    rows = []
+    for classes, world, ratio in grid:
+        need = estimate_bytes(classes, world, ratio, args.batch, args.dim) * world
+        if need > 0.9 * HOST_BYTES:
+            rows.append({"classes": classes, "world": world, "ratio": ratio, "batch": args.batch,
+                         "skipped": f"needs ~{need / 2 ** 30:.0f} GiB of {HOST_BYTES / 2 ** 30:.0f}"})
+        else:
+            rows.append(run_config(classes, world, ratio, args.batch, args.dim, args.steps))
+        print(table(rows[-1:]).splitlines()[-1], flush=True)
+    print()
+    print(table(rows))
+
+
+if __name__ == "__main__":
+    main()
