@@ -60,7 +60,7 @@ def export_model(backbone, out_dir, export_type="paddle", input_shape=(3, 112, 1
     if fp16 and export_type == "paddle":
         _check_fp16_paddle_possible()
     meta = dict(meta or {})
-    model = _fp32_eval_copy(backbone)
+    model = _nchw_twin(_fp32_eval_copy(backbone), meta.get("source_config"), export_type, chw, log)
     emb_size = _probe(model, chw, meta.get("embedding_size"))
     os.makedirs(out_dir, exist_ok=True)
     prefix = os.path.join(out_dir, "inference")
@@ -132,6 +132,51 @@ def _fp32_eval_copy(backbone):
     model.to(dtype="float32")
     model.eval()
     return model
+
+
+def _nchw_twin(model, source_config, export_type, chw, log):
+    """A backbone trained with Model.data_format NHWC, rebuilt NCHW with the same weights.
+
+    paddle2onnx converts NCHW convolutions only, and NCHW is what CPU inference runs fastest; the weights
+    of plsc backbones do not depend on the layout. Needs the run's config (meta["source_config"]) to
+    rebuild; without it a Paddle export keeps the NHWC graph and an ONNX export is an ExportError.
+    """
+    if getattr(model, "data_format", "NCHW") != "NHWC":
+        return model
+    model_cfg = (source_config or {}).get("Model") if isinstance(source_config, dict) else None
+    if not model_cfg:
+        if export_type == "onnx":
+            raise ExportError(f"{type(model).__name__} computes in NHWC and paddle2onnx converts NCHW convolutions "
+                              f"only; export a backbone built with Model.data_format=NCHW (the weights are the same) "
+                              f"or pass meta={{'source_config': cfg}} so that export can rebuild it")
+        return model
+    import paddle
+
+    from plsc.engine.builders import build_backbone
+
+    cfg = copy.deepcopy(source_config)
+    cfg["Model"]["data_format"] = "NCHW"
+    twin = build_backbone(cfg)
+    twin.to(dtype="float32")
+    state = model.state_dict()
+    mine = twin.state_dict()
+    bad = [f"{k}: {list(v.shape)} vs {list(mine[k].shape)}" for k, v in state.items()
+           if k in mine and list(v.shape) != list(mine[k].shape)]
+    missing = sorted(set(mine) ^ set(state))
+    if bad or missing:
+        raise ExportError(f"cannot rebuild the NHWC-trained {type(model).__name__} as NCHW: "
+                          f"{'; '.join(bad[:3] + [f'unmatched parameter {k}' for k in missing[:3]])}")
+    twin.set_state_dict(state)
+    twin.eval()
+    x = paddle.to_tensor(np.random.default_rng(1).uniform(-1, 1, (2, *chw)).astype(np.float32))
+    with paddle.no_grad():
+        err = _rel_err(twin(x).numpy(), model(x).numpy())
+    if not err <= PARITY_TOL:
+        raise ExportError(f"the NCHW rebuild of the NHWC-trained {type(model).__name__} disagrees with it "
+                          f"(max relative error {err:.3g} > {PARITY_TOL:g})")
+    log(f"{type(model).__name__} was trained in NHWC; exporting an NCHW rebuild with the same weights "
+        f"(max relative error vs NHWC dygraph {err:.2e})")
+    return twin
 
 
 def _probe(model, chw, expected_size):
@@ -269,18 +314,11 @@ def _write_meta(result, meta, batch, chw, emb_size, opset_version, fp16):
     if "onnx_file" in result:
         files["onnx"] = os.path.basename(result["onnx_file"])
     info = {
-        "model_name": meta.pop("model_name", None),
-        "embedding_size": emb_size,
-        "export_type": result["export_type"],
-        "files": files,
-        "input_name": INPUT_NAME,
-        "input_shape": [batch, *chw],
-        "input_dtype": "float32",
+        "model_name": meta.pop("model_name", None), "embedding_size": emb_size,
+        "export_type": result["export_type"], "files": files,
+        "input_name": INPUT_NAME, "input_shape": [batch, *chw], "input_dtype": "float32",
         "onnx_output_name": OUTPUT_NAME if "onnx_file" in result else None,
-        "layout": "NCHW",
-        "channel_order": "RGB",
-        "mean": MEAN,
-        "std": STD,
+        "layout": "NCHW", "channel_order": "RGB", "mean": MEAN, "std": STD,
         "preprocess": "x = (rgb_uint8 / 255 - mean) / std, i.e. in [-1, 1]",
         "weights_dtype": "float16" if fp16 else "float32",
         "opset_version": opset_version if "onnx_file" in result else None,
