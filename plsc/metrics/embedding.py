@@ -33,7 +33,7 @@ def _run_embed(embed_fn, batch, what):
     return out.astype(np.float32, copy=False)
 
 
-def _embed_range(embed_fn, load, start, end, batch_size, flip_test, name):
+def _embed_range(embed_fn, load, start, end, batch_size, flip_test, name, fuse=False):
     raw, flipped = [], []
     starts = list(range(start, end, batch_size))
     if not starts:
@@ -49,7 +49,9 @@ def _embed_range(embed_fn, load, start, end, batch_size, flip_test, name):
             raw.append(_run_embed(embed_fn, batch, what))
             if flip_test:
                 flipped.append(_run_embed(embed_fn, batch[:, :, :, ::-1], what + " (flipped)"))
-    return np.concatenate(raw), (np.concatenate(flipped) if flip_test else None)
+                if fuse:
+                    raw[-1] = raw[-1] + flipped.pop()
+    return np.concatenate(raw), (np.concatenate(flipped) if flip_test and not fuse else None)
 
 
 def _gather(obj, world_size):
@@ -62,16 +64,20 @@ def _gather(obj, world_size):
     return out
 
 
-def embed_images(embed_fn, load, n, batch_size=64, flip_test=True, rank=0, world_size=1, name="images"):
-    """-> (raw [n, D] float32, flipped [n, D] float32 or None), identical on every rank."""
+def embed_images(embed_fn, load, n, batch_size=64, flip_test=True, rank=0, world_size=1, name="images",
+                 fuse=False):
+    """-> (raw [n, D] float32, flipped [n, D] float32 or None), identical on every rank.
+
+    fuse: return (raw + flipped, None) -- summed on each rank before the gather (half the memory).
+    """
     if batch_size < 1:
         raise DataError(f"{name}: batch size must be >= 1, got {batch_size}")
     start, end = shard_range(n, rank, world_size)
     if world_size == 1:
-        return _embed_range(embed_fn, load, start, end, batch_size, flip_test, name)
+        return _embed_range(embed_fn, load, start, end, batch_size, flip_test, name, fuse)
     part, error = (None, None), None
     try:
-        part = _embed_range(embed_fn, load, start, end, batch_size, flip_test, name)
+        part = _embed_range(embed_fn, load, start, end, batch_size, flip_test, name, fuse)
     except Exception as e:  # every rank must reach the gather, then all raise the same error
         error = (isinstance(e, PlscError), type(e).__name__, str(e), rank)
         local_exc = e
@@ -86,4 +92,4 @@ def embed_images(embed_fn, load, n, batch_size=64, flip_test=True, rank=0, world
             raise RuntimeError(f"rank {r} failed while embedding {name}: {tname}: {msg}")
     raws = [p[0] for p, _ in parts if p[0] is not None]
     flips = [p[1] for p, _ in parts if p[1] is not None]
-    return np.concatenate(raws), (np.concatenate(flips) if flip_test else None)
+    return np.concatenate(raws), (np.concatenate(flips) if flips else None)

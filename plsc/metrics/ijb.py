@@ -41,14 +41,14 @@ def load_aligned(meta, i):
 
 
 def image_features(raw, flipped=None, scores=None, norm_weight=True, det_weight=True):
-    """Per-image features from raw (and mirrored) embeddings with the optional norm / detector weights."""
-    f = np.asarray(raw, np.float64)
+    """Per-image float32 features from raw (+ mirrored) embeddings with the optional norm / detector weights."""
+    f = np.asarray(raw, np.float32)
     if flipped is not None:
-        f = f + np.asarray(flipped, np.float64)
+        f = f + np.asarray(flipped, np.float32)
     if not norm_weight:
         f = f / np.maximum(np.linalg.norm(f, axis=1, keepdims=True), 1e-12)
     if det_weight:
-        f = f * np.asarray(scores, np.float64)[:, None]
+        f = f * np.asarray(scores, np.float32)[:, None]
     return f
 
 
@@ -57,7 +57,7 @@ def _group_sum(values, keys):
     order = np.argsort(keys, kind="stable")
     k = keys[order]
     starts = np.flatnonzero(np.r_[True, k[1:] != k[:-1]])
-    sums = np.add.reduceat(values[order], starts, axis=0)
+    sums = np.add.reduceat(values[order], starts, axis=0, dtype=np.float64)
     counts = np.diff(np.r_[starts, k.size])
     return k[starts], sums, counts
 
@@ -67,7 +67,7 @@ def template_features(feats, templates, medias):
     t_ids, t_idx = np.unique(templates, return_inverse=True)
     _, m_idx = np.unique(medias, return_inverse=True)
     key = t_idx.reshape(-1).astype(np.int64) * (int(m_idx.max()) + 1) + m_idx.reshape(-1)
-    media_keys, media_sum, media_count = _group_sum(np.asarray(feats, np.float64), key)
+    media_keys, media_sum, media_count = _group_sum(np.asarray(feats), key)
     media_mean = media_sum / media_count[:, None]
     media_template = media_keys // (int(m_idx.max()) + 1)
     _, tmpl, _ = _group_sum(media_mean, media_template)
@@ -84,7 +84,7 @@ def _rows_of(t_ids, wanted):
     return idx
 
 
-def pair_scores(t_ids, t_feats, t1, t2, chunk=100000):
+def pair_scores(t_ids, t_feats, t1, t2, chunk=20000):
     """Cosine score of each template pair (t1[i], t2[i])."""
     i1, i2 = _rows_of(t_ids, t1), _rows_of(t_ids, t2)
     out = np.empty(len(i1))
@@ -157,14 +157,15 @@ def evaluate_ijb(embed_fn, root, target="IJBC", batch_size=128, flip_test=True, 
     """
     meta = read_ijb(root, target) if meta is None else meta
     n = len(meta.image_paths)
-    raw, flipped = embed_images(embed_fn, lambda i: load_aligned(meta, i), n, batch_size=batch_size,
-                                flip_test=flip_test, rank=rank, world_size=world_size, name=f"{meta.target} images")
-    for kind, arr in (("image", raw), ("mirrored image", flipped)):
-        bad = np.flatnonzero(~np.isfinite(arr).all(axis=1)) if arr is not None else []
-        if len(bad):
-            raise DataError(f"{meta.target}: the embedding of {kind} {int(bad[0])} ({meta.image_paths[bad[0]]}) "
-                            f"is not finite (NaN/Inf); {len(bad)} such embeddings")
-    feats = image_features(raw, flipped, meta.scores, norm_weight, det_weight)
+    fused, _ = embed_images(embed_fn, lambda i: load_aligned(meta, i), n, batch_size=batch_size,
+                            flip_test=flip_test, rank=rank, world_size=world_size, name=f"{meta.target} images",
+                            fuse=True)
+    bad = np.flatnonzero(~np.isfinite(fused).all(axis=1))
+    if len(bad):
+        raise DataError(f"{meta.target}: the embedding of image {int(bad[0])} ({meta.image_paths[bad[0]]}) "
+                        f"{'or its mirror ' if flip_test else ''}is not finite (NaN/Inf); {len(bad)} such images")
+    feats = image_features(fused, None, meta.scores, norm_weight, det_weight)
+    del fused
     t_ids, t_feats = template_features(feats, meta.templates, meta.medias)
     scores = pair_scores(t_ids, t_feats, meta.pair_t1, meta.pair_t2)
     fpr, tpr, _ = roc_curve(meta.pair_labels, scores)
