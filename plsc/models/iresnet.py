@@ -1,0 +1,132 @@
+"""IResNet (insightface arcface_torch): the improved residual network of ArcFace.
+
+    stem    conv3x3(3 -> w0) - BN - PReLU                          112x112
+    stages  IBasicBlock x layers[i], width widths[i], first block stride 2   56, 28, 14, 7
+    block   BN - conv3x3 - BN - PReLU - conv3x3(stride) - BN  (+ conv1x1(stride) - BN shortcut)
+    neck    BN2d - dropout - flatten - Linear(w3*7*7 -> num_features) - BatchNorm1D (scale fixed at 1)
+
+Real sizes: widths [64, 128, 256, 512]; layers r18 [2,2,2,2], r34 [3,4,6,3], r50 [3,4,14,3],
+r100 [3,13,30,3], r200 [6,26,60,6]. arch_kwargs {layers, widths} give reduced models for tests.
+"""
+import math
+
+import paddle
+from paddle import nn
+
+from plsc.models.common import Backbone, int_list, parse_options
+from plsc.registry import MODELS
+
+BN_EPS = 1e-5
+WIDTHS = [64, 128, 256, 512]
+
+
+def _bn(c, fmt):
+    return nn.BatchNorm2D(c, epsilon=BN_EPS, data_format=fmt)
+
+
+def _conv(cin, cout, k, stride, fmt):
+    return nn.Conv2D(cin, cout, k, stride=stride, padding=k // 2, bias_attr=False, data_format=fmt)
+
+
+class IBasicBlock(nn.Layer):
+    def __init__(self, inplanes, planes, stride=1, data_format="NCHW"):
+        super().__init__()
+        fmt = data_format
+        self.bn1 = _bn(inplanes, fmt)
+        self.conv1 = _conv(inplanes, planes, 3, 1, fmt)
+        self.bn2 = _bn(planes, fmt)
+        self.prelu = nn.PReLU(planes, data_format=fmt)
+        self.conv2 = _conv(planes, planes, 3, stride, fmt)
+        self.bn3 = _bn(planes, fmt)
+        self.downsample = None
+        if stride != 1 or inplanes != planes:
+            self.downsample = nn.Sequential(_conv(inplanes, planes, 1, stride, fmt), _bn(planes, fmt))
+
+    def forward(self, x):
+        out = self.bn3(self.conv2(self.prelu(self.bn2(self.conv1(self.bn1(x))))))
+        identity = x if self.downsample is None else self.downsample(x)
+        return out + identity
+
+
+class IResNet(Backbone):
+    def __init__(self, name, layers, widths=WIDTHS, num_features=512, dropout=0.0, data_format="NCHW",
+                 recompute=False):
+        super().__init__(name, data_format, recompute)
+        fmt = data_format
+        self.conv1 = _conv(3, widths[0], 3, 1, fmt)
+        self.bn1 = _bn(widths[0], fmt)
+        self.prelu = nn.PReLU(widths[0], data_format=fmt)
+        inplanes = widths[0]
+        for i, (n, w) in enumerate(zip(layers, widths)):
+            blocks = [IBasicBlock(inplanes, w, 2, fmt)] + [IBasicBlock(w, w, 1, fmt) for _ in range(n - 1)]
+            setattr(self, f"layer{i + 1}", nn.Sequential(*blocks))
+            inplanes = w
+        self.bn2 = _bn(inplanes, fmt)
+        self.dropout = nn.Dropout(p=dropout)
+        self.fc = nn.Linear(inplanes * 7 * 7, num_features)
+        # insightface fixes the feature BN scale at 1 (requires_grad=False); the bias still trains
+        self.features = nn.BatchNorm1D(num_features, epsilon=BN_EPS, weight_attr=paddle.ParamAttr(
+            initializer=nn.initializer.Constant(1.0), trainable=False))
+        self._init_weights()
+
+    def _init_weights(self):
+        conv_init = nn.initializer.Normal(0.0, 0.1)  # insightface: normal(0, 0.1) for every conv
+        for m in self.sublayers():
+            if isinstance(m, nn.Conv2D):
+                conv_init(m.weight)
+            elif isinstance(m, nn.BatchNorm2D):
+                nn.initializer.Constant(1.0)(m.weight)
+                nn.initializer.Constant(0.0)(m.bias)
+        bound = 1.0 / math.sqrt(self.fc.weight.shape[0])  # torch nn.Linear default init
+        nn.initializer.Uniform(-bound, bound)(self.fc.weight)
+        nn.initializer.Uniform(-bound, bound)(self.fc.bias)
+
+    def stages(self):
+        return [self.layer1, self.layer2, self.layer3, self.layer4]
+
+    def fp32_layers(self):
+        return [self.bn2, self.dropout, self.fc, self.features]
+
+    def _neck(self, x):
+        x = self.to_nchw(self.bn2(x))  # flatten in NCHW order: same fc weights for both layouts
+        return self.features(self.fc(self.dropout(paddle.flatten(x, 1))))
+
+    def forward(self, x):
+        x = self.prelu(self.bn1(self.conv1(self.enter(x))))
+        for stage in self.stages():
+            for block in stage:
+                x = self.run_block(block, x)
+        return self.run_neck(self._neck, x)
+
+
+def _build(name, layers, kwargs):
+    opts = parse_options(name, kwargs, {"layers": layers, "widths": WIDTHS})
+    arch = opts["arch"]
+    return IResNet(name, int_list(name, "layers", arch["layers"], 4), int_list(name, "widths", arch["widths"], 4),
+                   num_features=opts["num_features"], dropout=opts["dropout"], data_format=opts["data_format"],
+                   recompute=opts["recompute"])
+
+
+@MODELS.register()
+def IResNet18(**kwargs):
+    return _build("IResNet18", [2, 2, 2, 2], kwargs)
+
+
+@MODELS.register()
+def IResNet34(**kwargs):
+    return _build("IResNet34", [3, 4, 6, 3], kwargs)
+
+
+@MODELS.register()
+def IResNet50(**kwargs):
+    return _build("IResNet50", [3, 4, 14, 3], kwargs)
+
+
+@MODELS.register()
+def IResNet100(**kwargs):
+    return _build("IResNet100", [3, 13, 30, 3], kwargs)
+
+
+@MODELS.register()
+def IResNet200(**kwargs):
+    return _build("IResNet200", [6, 26, 60, 6], kwargs)
