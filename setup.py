@@ -32,6 +32,13 @@ setup(
             "plsc-train=plsc.cli:train_main",
             "plsc-eval=plsc.cli:eval_main",
             "plsc-export=plsc.cli:export_main",
+            "plsc-demo=plsc.demo.run:main",
+            "plsc-ijb=plsc.tools.ijb_eval:main",
+            "plsc-pack-rec=plsc.tools.pack_rec:main",
+            "plsc-unpack-rec=plsc.tools.unpack_rec:main",
+            "plsc-inspect-rec=plsc.tools.inspect_rec:main",
+            "plsc-bin-convert=plsc.tools.bin_convert:main",
+            "plsc-fc-shards=plsc.tools.fc_shards:main",
         ]
     },
 )

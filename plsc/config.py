@@ -46,6 +46,9 @@ def parse_yaml_text(text, source):
         mark = getattr(e, "problem_mark", None)
         where = f"{source}:{mark.line + 1}:{mark.column + 1}" if mark else source
         problem = getattr(e, "problem", None) or str(e)
+        ctx, cmark = getattr(e, "context", None), getattr(e, "context_mark", None)
+        if ctx and cmark:  # e.g. an unclosed '[': say where it was opened
+            problem += f" ({ctx} opened at line {cmark.line + 1}, column {cmark.column + 1})"
         raise ConfigError(f"YAML syntax error at {where}: {problem}") from None
 
 

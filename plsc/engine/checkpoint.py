@@ -79,18 +79,25 @@ def begin(final_dir):
 def commit(final_dir, world_size):
     """Rank 0, after every rank wrote its files: write the manifest and move the directory in place."""
     tmp = tmp_dir_for(final_dir)
-    files = {}
-    for name in sorted(os.listdir(tmp)):
-        p = os.path.join(tmp, name)
-        files[name] = {"bytes": os.path.getsize(p), "sha256": _sha256(p)}
-    save_json(os.path.join(tmp, MANIFEST), {"plsc_version": plsc.__version__, "world_size": world_size,
-                                            "files": files})
+    commit_existing(tmp, world_size)
     old = final_dir.rstrip("/") + ".old"
     if os.path.isdir(final_dir):
         shutil.rmtree(old, ignore_errors=True)
         os.rename(final_dir, old)
     os.rename(tmp, final_dir)
     shutil.rmtree(old, ignore_errors=True)
+
+
+def commit_existing(ckpt_dir, world_size):
+    """Write the manifest (size and sha256 of every file) of a directory holding a checkpoint."""
+    files = {}
+    for name in sorted(os.listdir(ckpt_dir)):
+        if name == MANIFEST:
+            continue
+        p = os.path.join(ckpt_dir, name)
+        files[name] = {"bytes": os.path.getsize(p), "sha256": _sha256(p)}
+    save_json(os.path.join(ckpt_dir, MANIFEST), {"plsc_version": plsc.__version__, "world_size": world_size,
+                                                 "files": files})
 
 
 def resolve(path):

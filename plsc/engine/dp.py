@@ -44,6 +44,29 @@ def average_grads(params):
                 offset += size
 
 
+def average_running_stats(layer):
+    """Average BatchNorm running statistics (non-trainable tensors) across ranks, in place.
+
+    Each rank's BN sees only its own batches; averaging before evaluation and saving makes every
+    rank hold the same model, so evaluation split across ranks embeds with one set of weights."""
+    n = dist.get_world_size()
+    if n < 2:
+        return
+    stats = [p for p in layer.parameters() if p.stop_gradient] + [b for b in layer.buffers()
+                                                                   if b.dtype in (paddle.float32, paddle.float16)]
+    if not stats:
+        return
+    with paddle.no_grad():
+        flat = paddle.concat([t.astype("float32").reshape([-1]) for t in stats])
+        dist.all_reduce(flat)
+        flat = flat / n
+        offset = 0
+        for t in stats:
+            size = t.size
+            paddle.assign(flat[offset: offset + size].reshape(t.shape).astype(t.dtype), output=t)
+            offset += size
+
+
 def barrier():
     if dist.get_world_size() > 1:
         dist.barrier()

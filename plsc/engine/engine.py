@@ -17,7 +17,7 @@ from plsc.amp import AmpPolicy, LossScaler
 from plsc.config import dump_config
 from plsc.engine import checkpoint as ckpt
 from plsc.engine.builders import build_backbone, build_train_loader, device_of
-from plsc.engine.dp import average_grads, barrier, broadcast_from_rank0, world
+from plsc.engine.dp import average_grads, average_running_stats, barrier, broadcast_from_rank0, world
 from plsc.engine.evaluation import Evaluator
 from plsc.engine.logger import ScalarWriter, setup_logger
 from plsc.engine.watchdog import Watchdog
@@ -221,6 +221,7 @@ class Engine:
         if not self.evaluator.enabled:
             return
         st = self.state
+        average_running_stats(self.backbone)
         with self.watchdog("evaluation"):
             results = self.evaluate()
         st["last_eval_step"] = st["global_step"]
@@ -230,6 +231,7 @@ class Engine:
 
     def save(self, name):
         with self.watchdog(f"saving checkpoint {name}"):
+            average_running_stats(self.backbone)
             save_training(self, os.path.join(self.run_dir, name))
         self.state["last_saved_step"] = self.state["global_step"]
 

@@ -38,6 +38,8 @@ class Evaluator:
             if r["acc"] > best.get(name, {}).get("acc", -1.0):
                 best[name] = {"acc": r["acc"], "step": step}
         mean_acc = sum(r["acc"] for r in results.values()) / len(results)
+        writer.add("eval/mean_acc", mean_acc, step)
+        self.log.info(f"eval at global_step {step}: mean acc {mean_acc:.4f}")
         improved = mean_acc > best.get("__mean__", {}).get("acc", -1.0)
         if improved:
             best["__mean__"] = {"acc": mean_acc, "step": step}
