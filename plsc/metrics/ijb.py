@@ -52,14 +52,15 @@ def image_features(raw, flipped=None, scores=None, norm_weight=True, det_weight=
     return f
 
 
-def _group_sum(values, keys):
-    """Sum rows of `values` per distinct key -> (sorted distinct keys, sums, counts)."""
-    order = np.argsort(keys, kind="stable")
-    k = keys[order]
-    starts = np.flatnonzero(np.r_[True, k[1:] != k[:-1]])
-    sums = np.add.reduceat(values[order], starts, axis=0, dtype=np.float64)
-    counts = np.diff(np.r_[starts, k.size])
-    return k[starts], sums, counts
+def _group_sum(values, keys, block=32):
+    """Sum rows of `values` per distinct key (float64) -> (sorted distinct keys, sums, counts)."""
+    uniq, inv = np.unique(keys, return_inverse=True)
+    inv = inv.reshape(-1)
+    sums = np.empty((uniq.size, values.shape[1]))
+    for j in range(0, values.shape[1], block):  # a weighted bincount per column: faster than reduceat
+        for c, col in enumerate(np.ascontiguousarray(values[:, j:j + block].T)):
+            sums[:, j + c] = np.bincount(inv, weights=col, minlength=uniq.size)
+    return uniq, sums, np.bincount(inv, minlength=uniq.size)
 
 
 def template_features(feats, templates, medias):
@@ -84,12 +85,16 @@ def _rows_of(t_ids, wanted):
     return idx
 
 
-def pair_scores(t_ids, t_feats, t1, t2, chunk=20000):
-    """Cosine score of each template pair (t1[i], t2[i])."""
+def pair_scores(t_ids, t_feats, t1, t2):
+    """Cosine score of each template pair (t1[i], t2[i]); pairs sharing t1 are one matrix-vector product."""
     i1, i2 = _rows_of(t_ids, t1), _rows_of(t_ids, t2)
+    order = np.argsort(i1, kind="stable")
+    s1, s2 = i1[order], i2[order]
+    starts = np.flatnonzero(np.r_[True, s1[1:] != s1[:-1]])
+    ends = np.r_[starts[1:], s1.size]
     out = np.empty(len(i1))
-    for s in range(0, len(i1), chunk):
-        out[s:s + chunk] = np.einsum("ij,ij->i", t_feats[i1[s:s + chunk]], t_feats[i2[s:s + chunk]])
+    for a, b in zip(starts, ends):
+        out[order[a:b]] = t_feats[s2[a:b]] @ t_feats[s1[a]]
     return out
 
 
