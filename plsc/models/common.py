@@ -127,22 +127,29 @@ class Backbone(nn.Layer):
             return neck_fn(x)
 
 
+_BATCH_NORMS = (nn.BatchNorm, nn.BatchNorm1D, nn.BatchNorm2D, nn.BatchNorm3D, nn.SyncBatchNorm)
+
+
 def _stats_once(block):
-    """Wrap `block` for recompute: the first (no-grad) forward runs as usual; the re-forward
-    during backward (grad enabled) computes the same batch statistics but restores every
-    non-trainable tensor of the block (BatchNorm running mean / variance) afterwards, so
-    running stats move once per step, exactly as without recompute."""
+    """Wrap `block` for recompute: the first (no-grad) forward runs as usual and updates the
+    BatchNorm running statistics; the re-forward during backward (grad enabled) computes the same
+    batch statistics but with momentum 1.0 (paddle: running = m * running + (1 - m) * batch), so
+    running stats move once per step, exactly as without recompute. (Restoring a snapshot after
+    the re-forward is not possible: the running stats are saved for backward and an in-place write
+    trips paddle's inplace-version check.)"""
 
     def run(x):
         if not paddle.is_grad_enabled():
             return block(x)
-        frozen = [p for p in block.parameters() if p.stop_gradient]
-        saved = [p.clone() for p in frozen]
-        out = block(x)
-        with paddle.no_grad():
-            for p, v in zip(frozen, saved):
-                paddle.assign(v, output=p)
-        return out
+        norms = [m for m in block.sublayers(include_self=True) if isinstance(m, _BATCH_NORMS)]
+        momenta = [m._momentum for m in norms]
+        for m in norms:
+            m._momentum = 1.0
+        try:
+            return block(x)
+        finally:
+            for m, mom in zip(norms, momenta):
+                m._momentum = mom
 
     return run
 

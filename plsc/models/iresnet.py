@@ -28,6 +28,21 @@ def _conv(cin, cout, k, stride, fmt):
     return nn.Conv2D(cin, cout, k, stride=stride, padding=k // 2, bias_attr=False, data_format=fmt)
 
 
+class FixedScaleBatchNorm1D(nn.BatchNorm1D):
+    """BatchNorm1D whose scale stays 1 (insightface sets it to 1 with requires_grad=False) while the
+    shift trains. Paddle's batch_norm gives the bias no gradient when the scale does not require
+    one, so normalise without affine and apply scale and shift outside the kernel."""
+
+    def __init__(self, num_features, epsilon=BN_EPS):
+        super().__init__(num_features, epsilon=epsilon, weight_attr=paddle.ParamAttr(
+            initializer=nn.initializer.Constant(1.0), trainable=False))
+
+    def forward(self, x):
+        y = nn.functional.batch_norm(x, self._mean, self._variance, weight=None, bias=None, training=self.training,
+                                     momentum=self._momentum, epsilon=self._epsilon)
+        return y * self.weight + self.bias
+
+
 class IBasicBlock(nn.Layer):
     def __init__(self, inplanes, planes, stride=1, data_format="NCHW"):
         super().__init__()
@@ -64,9 +79,7 @@ class IResNet(Backbone):
         self.bn2 = _bn(inplanes, fmt)
         self.dropout = nn.Dropout(p=dropout)
         self.fc = nn.Linear(inplanes * 7 * 7, num_features)
-        # insightface fixes the feature BN scale at 1 (requires_grad=False); the bias still trains
-        self.features = nn.BatchNorm1D(num_features, epsilon=BN_EPS, weight_attr=paddle.ParamAttr(
-            initializer=nn.initializer.Constant(1.0), trainable=False))
+        self.features = FixedScaleBatchNorm1D(num_features)
         self._init_weights()
 
     def _init_weights(self):
