@@ -109,8 +109,9 @@ def make_ijb(root, target="IJBC", one_to_n=True, seed=0):
             f.write(f"{a} {b} {int(subject_of[a] == subject_of[b])}\n")
     if one_to_n:
         head = "TEMPLATE_ID,SUBJECT_ID,FILENAME\n"
-        rows = {"1N_gallery_G1.csv": [t for t in subject_of if t % 100 == 1 and subject_of[t] < 3],
-                "1N_gallery_G2.csv": [t for t in subject_of if t % 100 == 1 and subject_of[t] >= 3],
+        g1, g2 = ("S1", "S2") if target == "IJBB" else ("G1", "G2")
+        rows = {f"1N_gallery_{g1}.csv": [t for t in subject_of if t % 100 == 1 and subject_of[t] < 3],
+                f"1N_gallery_{g2}.csv": [t for t in subject_of if t % 100 == 1 and subject_of[t] >= 3],
                 "1N_probe_mixed.csv": [t for t in subject_of if t % 100 != 1]}
         for fname, ts in rows.items():
             with open(os.path.join(root, "meta", f"{p}_{fname}"), "w") as f:
@@ -154,7 +155,22 @@ def brute_force(meta, raw, flipped, norm_weight, det_weight):
         tar[f"{x:.0e}"] = pts[d.index(min(d))][1]
     ident = {}
     probes = list(zip(*meta.one_to_n["probe"]))
-    for g in ("G1", "G2"):
+    galleries = [g for g in meta.one_to_n if g != "probe"]
+    union = [gt for g in galleries for gt in zip(*meta.one_to_n[g])]
+    pos, ranks, negs = [], [], []
+    for pt, ps in probes:  # closed set on both galleries (insightface): one mate per probe
+        sims = [(tmpl[pt] @ tmpl[gt], gs) for gt, gs in union]
+        (mate,) = [s for s, gs in sims if gs == ps]
+        others = [s for s, gs in sims if gs != ps]
+        pos.append(mate)
+        ranks.append(1 + sum(1 for s in others if s > mate))
+        negs += others
+    negs.sort(reverse=True)
+    ident["+".join(galleries)] = {"rank1": np.mean([r == 1 for r in ranks]), "rank5": np.mean([r <= 5 for r in ranks])}
+    for f in (1e-2, 1e-1):
+        th = negs[int(np.ceil(len(probes) * f)) - 1]
+        ident["+".join(galleries)][f"tpir@fpir{f:.0e}"] = np.mean([p > th for p in pos])
+    for g in galleries:
         gallery = list(zip(*meta.one_to_n[g]))
         mated_ranks, mated_scores, nonmated_top = [], [], []
         for pt, ps in probes:
@@ -205,9 +221,11 @@ def test_ijb_end_to_end_matches_brute_force(ijb_root, flip, norm_weight, det_wei
     raw, flipped = ref(x), (ref(np.ascontiguousarray(x[:, :, :, ::-1])) if flip else None)
     tar, ident = brute_force(meta, raw, flipped, norm_weight, det_weight)
     assert res["tar_at_far"] == pytest.approx(tar)
-    for g in ("G1", "G2"):
+    for g in ("G1", "G2", "G1+G2"):
         assert {k: res["identification"][g][k] for k in ident[g]} == pytest.approx(ident[g])
+    for g in ("G1", "G2"):
         assert res["identification"][g]["mated"] == 6 and res["identification"][g]["non_mated"] == 6
+    assert res["identification"]["G1+G2"]["probes"] == 12 and res["identification"]["G1+G2"]["gallery"] == 6
     assert model.images == (2 if flip else 1) * len(meta.image_paths)
     assert res["num_templates"] == 18 and res["num_pairs"] == 153 and res["num_genuine"] == 18
     # the subjects are far apart: every genuine pair is accepted at FAR 1e-1 and every probe is found
@@ -216,11 +234,17 @@ def test_ijb_end_to_end_matches_brute_force(ijb_root, flip, norm_weight, det_wei
     json.dumps(res)
 
 
-def test_ijb_without_1n_files_says_so(tmp_path):
+def test_ijbb_names_and_without_1n_files(tmp_path):
     from plsc.metrics.ijb import format_ijb
 
     root = str(tmp_path / "IJBB")
-    make_ijb(root, target="IJBB", one_to_n=False)
+    make_ijb(root, target="IJBB")  # IJB-B's galleries are S1 / S2
+    res, _ = evaluate_ijb(PoolEmbed(), root, "IJBB", flip_test=False)
+    assert list(res["identification"]) == ["S1", "S2", "mean", "S1+S2"]
+    assert "S1+S2" in format_ijb(res)
+    for f in os.listdir(os.path.join(root, "meta")):
+        if "_1N_" in f:
+            os.remove(os.path.join(root, "meta", f))
     res, _ = evaluate_ijb(PoolEmbed(), root, "IJBB", flip_test=False)
     assert res["identification"] is None and res["target"] == "IJBB"
     assert "not run" in format_ijb(res)
@@ -310,6 +334,16 @@ def test_undecodable_image_nan_and_bad_lines(tmp_path):
         f.write("101 102\n")
     with pytest.raises(DataError, match=r"ijbc_template_pair_label.txt: line 155: expected 3 fields"):
         read_ijb(root, "IJBC")
+
+
+def test_closed_set_needs_one_gallery_template_per_probe_subject():
+    from plsc.metrics.ijb_ident import closed_set
+
+    t_ids, feats = np.array([1, 2, 3, 4]), np.eye(4)
+    with pytest.raises(DataError, match="subject 7 of probe template 4 has 2 templates"):
+        closed_set(t_ids, feats, (np.array([1, 2, 3]), np.array([7, 7, 8])), (np.array([4]), np.array([7])))
+    with pytest.raises(DataError, match="template 9 has no features"):
+        closed_set(t_ids, feats, (np.array([1, 9]), np.array([7, 8])), (np.array([4]), np.array([7])))
 
 
 # ----------------------------------------------------------------- two ranks through the CLI

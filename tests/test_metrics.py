@@ -24,8 +24,8 @@ def brute_force(dist, issame, nfolds=10):
     fold_of = []
     for f in range(nfolds):  # KFold(shuffle=False): fold f has n//k (+1 for the first n%k folds) items
         fold_of += [f] * (n // nfolds + (1 if f < n % nfolds else 0))
-    acc_thr = [i / 100.0 for i in range(400)]
-    val_thr = [i / 1000.0 for i in range(4000)]
+    acc_thr = [0.01 * i for i in range(400)]  # the float values np.arange(0, 4, 0.01) holds
+    val_thr = [0.001 * i for i in range(4000)]
 
     def counts(idx, t):
         tp = fp = tn = fn = 0

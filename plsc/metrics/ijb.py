@@ -11,11 +11,8 @@ Protocol (as insightface's IJB evaluation):
   multiplied by the detector score;
 - template = L2-normalize(sum over its media of the mean feature of the media's images);
 - 1:1: score = cosine of the two templates; TAR at FAR x = the ROC point whose FAR is nearest to x;
-- 1:N (when the 1:N csv files exist): each gallery (G1, G2) on its own against the mixed probes; a
-  probe whose subject is in the gallery is mated, otherwise non-mated. rank-k = share of mated probes
-  whose best mate score is beaten by fewer than k non-mate templates; TPIR at FPIR f = share of mated
-  probes found at rank 1 with a score above the (floor(f * non-mated) + 1)-th highest non-mated top-1
-  score (so at most a share f of non-mated searches raise an alarm); "mean" averages G1 and G2.
+- 1:N (when the 1:N csv files exist): plsc.metrics.ijb_ident (open-set per gallery, and insightface's
+  closed-set numbers on the union of both galleries).
 """
 import cv2
 import numpy as np
@@ -23,11 +20,10 @@ import numpy as np
 from plsc.errors import DataError
 from plsc.metrics.align import align_face
 from plsc.metrics.embedding import embed_images
+from plsc.metrics.ijb_ident import identify, rows_of
 from plsc.metrics.ijb_meta import read_ijb
 
 FARS = (1e-6, 1e-5, 1e-4, 1e-3, 1e-2, 1e-1)
-FPIRS = (1e-2, 1e-1)
-RANKS = (1, 5)
 
 
 def load_aligned(meta, i):
@@ -76,18 +72,9 @@ def template_features(feats, templates, medias):
     return t_ids, tmpl
 
 
-def _rows_of(t_ids, wanted):
-    idx = np.searchsorted(t_ids, wanted)
-    idx = np.minimum(idx, t_ids.size - 1)
-    bad = t_ids[idx] != wanted
-    if bad.any():
-        raise DataError(f"template {int(np.asarray(wanted)[bad][0])} has no features")
-    return idx
-
-
 def pair_scores(t_ids, t_feats, t1, t2):
     """Cosine score of each template pair (t1[i], t2[i]); pairs sharing t1 are one matrix-vector product."""
-    i1, i2 = _rows_of(t_ids, t1), _rows_of(t_ids, t2)
+    i1, i2 = rows_of(t_ids, t1), rows_of(t_ids, t2)
     order = np.argsort(i1, kind="stable")
     s1, s2 = i1[order], i2[order]
     starts = np.flatnonzero(np.r_[True, s1[1:] != s1[:-1]])
@@ -122,38 +109,6 @@ def tar_at_far(fpr, tpr, fars=FARS):
     return {f"{x:.0e}": float(tpr[int(np.argmin(np.abs(fpr - x)))]) for x in fars}
 
 
-def identification(t_ids, t_feats, gallery, probes, ranks=RANKS, fpirs=FPIRS, chunk=4096):
-    """Open-set 1:N of probes (template ids, subject ids) against a gallery (template ids, subject ids)."""
-    g_t, g_s = gallery
-    p_t, p_s = probes
-    g = t_feats[_rows_of(t_ids, g_t)]
-    p = t_feats[_rows_of(t_ids, p_t)]
-    mate = np.full(len(p_t), -np.inf)
-    top1 = np.empty(len(p_t))
-    beaten = np.zeros(len(p_t), np.int64)  # non-mate gallery templates scoring above the best mate
-    for s in range(0, len(p_t), chunk):
-        sim = p[s:s + chunk] @ g.T
-        is_mate = p_s[s:s + chunk, None] == g_s[None, :]
-        m = np.where(is_mate, sim, -np.inf).max(axis=1)
-        mate[s:s + chunk] = m
-        top1[s:s + chunk] = sim.max(axis=1)
-        beaten[s:s + chunk] = np.sum((sim > m[:, None]) & ~is_mate, axis=1)
-    mated = np.isin(p_s, g_s)
-    out = {"mated": int(mated.sum()), "non_mated": int((~mated).sum())}
-    for k in ranks:
-        out[f"rank{k}"] = float(np.mean(beaten[mated] < k)) if mated.any() else None
-    nm = np.sort(top1[~mated])[::-1]
-    for f in fpirs:
-        key = f"tpir@fpir{f:.0e}"
-        if not mated.any() or nm.size == 0:
-            out[key] = None
-            continue
-        k = int(np.floor(f * nm.size + 1e-9))
-        thr = nm[k] if k < nm.size else -np.inf
-        out[key] = float(np.mean((beaten[mated] == 0) & (mate[mated] > thr)))
-    return out
-
-
 def evaluate_ijb(embed_fn, root, target="IJBC", batch_size=128, flip_test=True, norm_weight=True,
                  det_weight=True, rank=0, world_size=1, meta=None):
     """-> (results dict of plain numbers, roc {fpr, tpr, scores, labels} arrays). Same on every rank.
@@ -181,11 +136,7 @@ def evaluate_ijb(embed_fn, root, target="IJBC", batch_size=128, flip_test=True, 
         "tar_at_far": tar_at_far(fpr, tpr), "identification": None,
     }
     if meta.one_to_n:
-        ident = {g: identification(t_ids, t_feats, meta.one_to_n[g], meta.one_to_n["probe"]) for g in ("G1", "G2")}
-        keys = [k for k in ident["G1"] if k not in ("mated", "non_mated")]
-        ident["mean"] = {k: (None if any(ident[g][k] is None for g in ("G1", "G2"))
-                             else (ident["G1"][k] + ident["G2"][k]) / 2) for k in keys}
-        results["identification"] = ident
+        results["identification"] = identify(t_ids, t_feats, meta.one_to_n)
     return results, {"fpr": fpr, "tpr": tpr, "scores": scores, "labels": meta.pair_labels}
 
 
@@ -201,10 +152,12 @@ def format_ijb(results):
         lines.append(f"1:N identification: not run (no {results['target'].lower()}_1N_*.csv files in meta/)")
     else:
         keys = list(ident["mean"])
-        lines.append("1:N identification (%)")
+        lines.append("1:N identification (%): open-set per gallery and their mean; closed-set on both galleries "
+                     "(insightface ijb_1n)")
         lines.append(f"{'gallery':<8}" + "".join(f"{k:>16}" for k in keys))
         for g, row in ident.items():
-            lines.append(f"{g:<8}" + "".join(f"{'n/a' if row[k] is None else f'{100 * row[k]:.2f}':>16}" for k in keys))
+            lines.append(f"{g:<8}" + "".join(f"{'n/a' if row.get(k) is None else f'{100 * row[k]:.2f}':>16}"
+                                             for k in keys))
     return "\n".join(lines)
 
 

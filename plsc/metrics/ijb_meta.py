@@ -3,7 +3,8 @@
     <root>/meta/ijbc_face_tid_mid.txt         image_name template_id media_id        (one line per image)
     <root>/meta/ijbc_template_pair_label.txt  template_id_1 template_id_2 label      (1 = same subject)
     <root>/meta/ijbc_name_5pts_score.txt      image_name x1 y1 ... x5 y5 detector_score
-    <root>/meta/ijbc_1N_gallery_G1.csv, ijbc_1N_gallery_G2.csv, ijbc_1N_probe_mixed.csv   (optional, 1:N)
+    <root>/meta/ijbc_1N_gallery_G1.csv, ijbc_1N_gallery_G2.csv, ijbc_1N_probe_mixed.csv   (optional, 1:N;
+                                              IJB-B: ijbb_1N_gallery_S1.csv, ijbb_1N_gallery_S2.csv, ...)
                                               TEMPLATE_ID,SUBJECT_ID,...  (header line, one row per image)
     <root>/loose_crop/<image_name>            the loose face crops
 
@@ -19,7 +20,7 @@ import numpy as np
 from plsc.errors import DataError
 
 TARGETS = ("IJBB", "IJBC")
-ONE_TO_N = ("1N_gallery_G1.csv", "1N_gallery_G2.csv", "1N_probe_mixed.csv")
+GALLERIES = {"IJBB": ("S1", "S2"), "IJBC": ("G1", "G2")}  # the two 1:N galleries of each benchmark
 
 
 def meta_path(root, target, suffix):
@@ -133,7 +134,7 @@ class IJBMeta:
     pair_t1: np.ndarray
     pair_t2: np.ndarray
     pair_labels: np.ndarray
-    one_to_n: dict = field(default_factory=dict)   # {"G1"|"G2"|"probe": (template ids, subject ids)}
+    one_to_n: dict = field(default_factory=dict)   # {gallery name (G1, G2 / S1, S2)|"probe": (templates, subjects)}
 
 
 def read_ijb(root, target):
@@ -162,12 +163,14 @@ def read_ijb(root, target):
         if unknown.size:
             raise DataError(f"{pair_path}: template {int(unknown[0])} (column {col}) has no images in {tid_path}")
     one_to_n = {}
-    paths = [meta_path(root, target, s) for s in ONE_TO_N]
+    keys = GALLERIES[target] + ("probe",)
+    paths = [meta_path(root, target, f"1N_gallery_{g}.csv") for g in GALLERIES[target]] + \
+        [meta_path(root, target, "1N_probe_mixed.csv")]
     present = [os.path.isfile(p) for p in paths]
     if any(present):
         for p in paths:
             _require(p, "1:N identification list; the three 1:N files come together")
-        for key, p in zip(("G1", "G2", "probe"), paths):
+        for key, p in zip(keys, paths):
             t, s = read_template_subjects(p)
             unknown = t[~np.isin(t, known)]
             if unknown.size:
