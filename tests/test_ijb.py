@@ -54,20 +54,50 @@ def test_align_face_undoes_the_warp():
 
 
 # ----------------------------------------------------------------- ROC against a brute-force scan
+def roc_points(labels, scores):
+    """(FAR, TAR) at every distinct threshold (accept score >= t), straight evenly-stepped runs thinned
+    as sklearn's drop_intermediate does, then (0, 0) in front."""
+    counts = []
+    for t in sorted(set(scores.tolist()), reverse=True):
+        counts.append((int(np.sum(scores[~labels] >= t)), int(np.sum(scores[labels] >= t))))
+    kept = [c for i, c in enumerate(counts)
+            if i in (0, len(counts) - 1)
+            or counts[i + 1][0] - c[0] != c[0] - counts[i - 1][0] or counts[i + 1][1] - c[1] != c[1] - counts[i - 1][1]]
+    n_neg, n_pos = int((~labels).sum()), int(labels.sum())
+    return [(0.0, 0.0)] + [(f / n_neg, t / n_pos) for f, t in kept]
+
+
+def brute_tar(pts, x):
+    best = min(abs(f - x) for f, _ in pts)
+    return max(t for f, t in pts if abs(f - x) == best)  # highest TAR among the nearest-FAR points
+
+
 def test_roc_tar_at_far_matches_brute_force():
     rng = np.random.default_rng(0)
     labels = rng.random(3000) < 0.2
     scores = np.round(np.where(labels, rng.normal(0.6, 0.2, 3000), rng.normal(0.1, 0.2, 3000)), 2)  # ties
     fpr, tpr, thr = roc_curve(labels, scores)
     got = tar_at_far(fpr, tpr, FARS + (0.37,))
-    pts = [(0.0, 0.0)]
-    for t in sorted(set(scores.tolist()), reverse=True):  # accept score >= t
-        pts.append((np.mean(scores[~labels] >= t), np.mean(scores[labels] >= t)))
+    pts = roc_points(labels, scores)
+    assert np.allclose(fpr, [f for f, _ in pts]) and np.allclose(tpr, [t for _, t in pts])
     for x in FARS + (0.37,):
-        dists = [abs(f - x) for f, _ in pts]
-        want = pts[dists.index(min(dists))][1]
-        assert got[f"{x:.0e}"] == pytest.approx(want), x
+        assert got[f"{x:.0e}"] == pytest.approx(brute_tar(pts, x)), x
     assert fpr[-1] == 1.0 and tpr[-1] == 1.0 and np.all(np.diff(fpr) >= 0)
+    # a single impostor: FAR 1e-6 is nearest to FAR 0, where the best TAR is that of every genuine pair above it
+    got = tar_at_far(*roc_curve(np.array([1, 1, 1, 0, 1]), np.array([0.9, 0.8, 0.7, 0.6, 0.5]))[:2])
+    assert got["1e-06"] == 0.75 and got["1e-01"] == 0.75
+
+
+def test_roc_drops_points_inside_straight_runs():
+    # impostors at 0.9, 0.8, 0.7 (a straight horizontal run), then genuines: (1/3, 0) is dropped
+    labels = np.array([0, 0, 0, 1, 1, 0])
+    scores = np.array([0.9, 0.8, 0.7, 0.6, 0.5, 0.4])
+    fpr, tpr, _ = roc_curve(labels, scores)
+    assert np.allclose(fpr, [0, 0.25, 0.75, 0.75, 1]) and np.allclose(tpr, [0, 0, 0, 1, 1])
+    full, _, _ = roc_curve(labels, scores, drop_intermediate=False)
+    assert np.allclose(full, [0, 0.25, 0.5, 0.75, 0.75, 0.75, 1])
+    # FAR 0.5 is now as near to 0.25 as to 0.75: the highest TAR of those (1.0 at FAR 0.75) is reported
+    assert tar_at_far(fpr, tpr, (0.5,))["5e-01"] == 1.0
 
 
 # ----------------------------------------------------------------- a tiny IJB folder
@@ -146,13 +176,8 @@ def brute_force(meta, raw, flipped, norm_weight, det_weight):
         v = np.mean([np.mean(fs, axis=0) for fs in by_media.values()], axis=0)
         tmpl[t] = v / np.linalg.norm(v)
     scores = np.array([tmpl[a] @ tmpl[b] for a, b in zip(meta.pair_t1, meta.pair_t2)])
-    labels = meta.pair_labels.astype(bool)
-    pts = [(0.0, 0.0)] + [(np.mean(scores[~labels] >= t), np.mean(scores[labels] >= t))
-                          for t in sorted(set(scores.tolist()), reverse=True)]
-    tar = {}
-    for x in FARS:
-        d = [abs(f - x) for f, _ in pts]
-        tar[f"{x:.0e}"] = pts[d.index(min(d))][1]
+    pts = roc_points(meta.pair_labels.astype(bool), scores)
+    tar = {f"{x:.0e}": brute_tar(pts, x) for x in FARS}
     ident = {}
     probes = list(zip(*meta.one_to_n["probe"]))
     galleries = [g for g in meta.one_to_n if g != "probe"]

@@ -10,7 +10,8 @@ Protocol (as insightface's IJB evaluation):
   norm_weight it is L2-normalized (the norm is a quality weight otherwise); with det_weight it is
   multiplied by the detector score;
 - template = L2-normalize(sum over its media of the mean feature of the media's images);
-- 1:1: score = cosine of the two templates; TAR at FAR x = the ROC point whose FAR is nearest to x;
+- 1:1: score = cosine of the two templates; TAR at FAR x = the highest TAR among the ROC points whose
+  FAR is nearest to x;
 - 1:N (when the 1:N csv files exist): plsc.metrics.ijb_ident (open-set per gallery, and insightface's
   closed-set numbers on the union of both galleries).
 """
@@ -85,10 +86,12 @@ def pair_scores(t_ids, t_feats, t1, t2):
     return out
 
 
-def roc_curve(labels, scores):
+def roc_curve(labels, scores, drop_intermediate=True):
     """ROC over every distinct score (accept when score >= threshold) -> (fpr, tpr, thresholds).
 
-    The first point is (0, 0) at threshold +inf, as sklearn.metrics.roc_curve(drop_intermediate=False).
+    As sklearn.metrics.roc_curve (which insightface's numbers come from): with drop_intermediate,
+    points inside a straight, evenly stepped run of the curve are dropped (zero second difference
+    of both counts); the curve then starts at (0, 0) with threshold +inf.
     """
     labels = np.asarray(labels).astype(bool)
     scores = np.asarray(scores, np.float64)
@@ -100,13 +103,22 @@ def roc_curve(labels, scores):
     last = np.r_[np.flatnonzero(s[1:] != s[:-1]), s.size - 1]  # last index of each distinct score
     tps = np.cumsum(y)[last]
     fps = (last + 1) - tps
+    thr = s[last]
+    if drop_intermediate and fps.size > 2:
+        keep = np.r_[True, (np.diff(fps, 2) != 0) | (np.diff(tps, 2) != 0), True]
+        tps, fps, thr = tps[keep], fps[keep], thr[keep]
     tps, fps = np.r_[0, tps], np.r_[0, fps]
-    return fps / fps[-1], tps / tps[-1], np.r_[np.inf, s[last]]
+    return fps / fps[-1], tps / tps[-1], np.r_[np.inf, thr]
 
 
 def tar_at_far(fpr, tpr, fars=FARS):
-    """{"1e-04": TAR at the ROC point whose FAR is nearest to 1e-4 (the first such point), ...}."""
-    return {f"{x:.0e}": float(tpr[int(np.argmin(np.abs(fpr - x)))]) for x in fars}
+    """{"1e-04": TAR at FAR 1e-4, ...}: among the ROC points whose FAR is nearest to the target, the one
+    with the highest TAR (insightface's ijb_11.py: flipped sklearn ROC, first minimum)."""
+    out = {}
+    for x in fars:
+        d = np.abs(fpr - x)
+        out[f"{x:.0e}"] = float(tpr[d.size - 1 - int(np.argmin(d[::-1]))])
+    return out
 
 
 def evaluate_ijb(embed_fn, root, target="IJBC", batch_size=128, flip_test=True, norm_weight=True,
