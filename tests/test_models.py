@@ -293,3 +293,26 @@ def test_wrong_input_size_says_112(name):
     for shape in ([1, 3, 96, 96], [1, 1, 112, 112], [3, 112, 112]):
         with pytest.raises(ConfigError, match=r"112x112 expected"):
             model(paddle.zeros(shape))
+
+
+def test_neck_runs_in_fp32_with_autocast_off():
+    from plsc.models import Backbone
+
+    seen = []
+
+    def neck(t):
+        seen.append((t.dtype, paddle.get_default_dtype()))
+        return t * 2
+
+    out = Backbone.run_neck(neck, paddle.ones([2, 3], dtype="float16"))
+    assert out.dtype == paddle.float32 and seen[0][0] == paddle.float32
+    np.testing.assert_array_equal(out.numpy(), np.full([2, 3], 2.0, np.float32))
+
+
+def test_vit_mask_token_exists_only_when_masking_and_gets_a_gradient():
+    ak = SMALL["FaceViT_tiny_patch9_112"]
+    assert "mask_token" not in MODELS.build("FaceViT_tiny_patch9_112", arch_kwargs=ak, mask_ratio=0).state_dict()
+    model = MODELS.build("FaceViT_tiny_patch9_112", num_features=8, arch_kwargs=ak, mask_ratio=0.3)
+    model.train()
+    model(images(2))[0].sum().backward()  # (a plain sum through the last BN has zero gradient)
+    assert model.mask_token.grad is not None and np.abs(model.mask_token.grad.numpy()).sum() > 0
