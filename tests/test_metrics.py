@@ -252,6 +252,14 @@ def test_undecodable_image_is_named(tmp_path):
         evaluate_sets(PoolEmbed(), {"broken": {"name": "FaceBinDataset", "bin_path": str(tmp_path / "broken.bin")}})
 
 
+def test_image_of_another_size_is_named(tmp_path):
+    images, issame = make_bin(tmp_path / "ok.bin", pairs=10)
+    images[4] = cv2.imencode(".png", np.zeros((100, 90, 3), np.uint8))[1].tobytes()
+    save_bin(str(tmp_path / "sizes.bin"), images, issame)
+    with pytest.raises(DataError, match=r"eval set 'sizes': image 4 has shape \(3, 100, 90\)"):
+        evaluate_sets(PoolEmbed(), {"sizes": {"name": "FaceBinDataset", "bin_path": str(tmp_path / "sizes.bin")}})
+
+
 def test_nan_from_model_names_set_and_index(tmp_path):
     make_bin(tmp_path / "n.bin", pairs=10)
 

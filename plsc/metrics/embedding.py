@@ -20,8 +20,13 @@ def shard_range(n, rank, world_size):
     return n * rank // world_size, n * (rank + 1) // world_size
 
 
-def _load_batch(load, indices):
-    return np.stack([np.asarray(load(i), np.float32) for i in indices])
+def _load_batch(load, indices, name):
+    images = [np.asarray(load(i), np.float32) for i in indices]
+    for i, img in zip(indices, images):
+        if img.ndim != 3 or img.shape != images[0].shape:
+            raise DataError(f"{name}: image {i} has shape {img.shape} after its transforms, image {indices[0]} has "
+                            f"{images[0].shape}; every image must be [3, H, W] of one size (e.g. 112x112)")
+    return np.stack(images)
 
 
 def _run_embed(embed_fn, batch, what):
@@ -39,12 +44,12 @@ def _embed_range(embed_fn, load, start, end, batch_size, flip_test, name, fuse=F
     if not starts:
         return None, None
     with ThreadPoolExecutor(max_workers=1) as pool:  # decode the next batch while the model runs
-        pending = pool.submit(_load_batch, load, range(starts[0], min(starts[0] + batch_size, end)))
+        pending = pool.submit(_load_batch, load, range(starts[0], min(starts[0] + batch_size, end)), name)
         for k, s in enumerate(starts):
             batch = pending.result()
             if k + 1 < len(starts):
                 nxt = starts[k + 1]
-                pending = pool.submit(_load_batch, load, range(nxt, min(nxt + batch_size, end)))
+                pending = pool.submit(_load_batch, load, range(nxt, min(nxt + batch_size, end)), name)
             what = f"{name}: images {s}..{s + len(batch) - 1}"
             raw.append(_run_embed(embed_fn, batch, what))
             if flip_test:
