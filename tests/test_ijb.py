@@ -297,8 +297,8 @@ def test_cli_with_onnx_model(ijb_root, tmp_path, capsys):
     root, _ = ijb_root
     _write_pool_onnx(str(tmp_path / "pool.onnx"))
     out = tmp_path / "out"
-    main(["--model", str(tmp_path / "pool.onnx"), "--root", root, "--target", "IJBC", "--out", str(out),
-          "--batch-size", "16", "--no-det-weight", "--save-scores"])
+    assert main(["--model", str(tmp_path / "pool.onnx"), "--root", root, "--target", "IJBC", "--out", str(out),
+                 "--batch-size", "16", "--no-det-weight", "--save-scores"]) is None  # console script: exit 0
     res = json.loads((out / "ijbc_results.json").read_text())
     png = cv2.imread(str(out / "ijbc_roc.png"))
     assert png is not None and png.shape[0] > 100
@@ -390,3 +390,23 @@ def test_cli_two_ranks(ijb_root, tmp_path):
     res = json.loads((out / "ijbc_results.json").read_text())
     ref, _ = evaluate_ijb(PoolEmbed(), root, "IJBC")
     assert res["tar_at_far"] == ref["tar_at_far"] and res["identification"] == ref["identification"]
+
+
+def test_cli_with_a_training_checkpoint(ijb_root, tmp_path):
+    from plsc.config import load_config
+    from plsc.engine.engine import Engine
+    from plsc.tools.ijb_eval import main
+
+    root, _ = ijb_root
+    cfg_path = os.path.join(ROOT, "configs", "smoke", "IResNet_tiny_random.yaml")
+    over = [f"Global.output_dir={tmp_path / 'run'}"]
+    trainer = Engine(load_config(cfg_path, over), mode="train")
+    trainer.save("ckpt")
+    ckpt = os.path.join(trainer.run_dir, "ckpt")
+    main(["-c", cfg_path, "-o", over[0], "-o", f"Global.pretrained_model={ckpt}", "--root", root,
+          "--out", str(tmp_path / "out"), "--batch-size", "32"])
+    res = json.loads((tmp_path / "out" / "ijbc_results.json").read_text())
+    assert res["model"] == "IResNet18"
+    ref, _ = evaluate_ijb(trainer.embed, root, "IJBC", batch_size=32)  # the same weights, in this process
+    assert res["tar_at_far"] == pytest.approx(ref["tar_at_far"])
+    assert res["identification"]["mean"] == pytest.approx(ref["identification"]["mean"])

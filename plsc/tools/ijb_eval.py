@@ -111,7 +111,7 @@ def main(argv=None):
         print(f"plsc-ijb: error: --batch-size must be >= 1, got {args.batch_size}", file=sys.stderr)
         sys.exit(2)
     try:
-        return run(args)
+        run(args)  # return nothing: the console-script wrapper would sys.exit() a returned value
     except PlscError as e:
         print(f"plsc-ijb: error: {e}", file=sys.stderr, flush=True)
         sys.exit(2)
