@@ -307,8 +307,14 @@ DIST_SCRIPT = textwrap.dedent("""
                       batch_size=8, rank=rank, world_size=world)
     except DataError as e:
         err = str(e)
+    err2 = None
+    try:  # the .bin is missing on rank 1 only (e.g. another node): rank 0 must not wait for it
+        evaluate_sets(PoolEmbed(), {{"gone": {{"name": "FaceBinDataset", "bin_path": {a!r} + ("" if rank == 0 else ".gone")}}}},
+                      rank=rank, world_size=world)
+    except DataError as e:
+        err2 = str(e)
     with open(os.path.join({out!r}, f"rank{{rank}}.json"), "w") as f:
-        json.dump({{"res": res, "calls": model.calls, "images": model.images, "err": err}}, f)
+        json.dump({{"res": res, "calls": model.calls, "images": model.images, "err": err, "err2": err2}}, f)
 """)
 
 
@@ -333,6 +339,7 @@ def test_two_ranks_split_the_work(tmp_path):
     for r in ranks:
         assert r["res"] == json.loads(json.dumps(single))
         assert "broken.bin: image 20" in r["err"]
+        assert "file not found" in r["err2"] and r["err2"].endswith("a.bin.gone")
     # 60 + 42 images (and their flips) split 30/30 and 21/21: never duplicated
     assert [r["images"] for r in ranks] == [2 * (30 + 21)] * 2
     assert sum(r["images"] for r in ranks) == model.images

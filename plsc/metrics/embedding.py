@@ -69,6 +69,30 @@ def _gather(obj, world_size):
     return out
 
 
+def _raise_first(errors, rank, local_exc, what):
+    for err in errors:
+        if err is not None:
+            if err[3] == rank:
+                raise local_exc
+            is_user, tname, msg, r = err
+            if is_user:
+                raise getattr(plsc_errors, tname, PlscError)(msg)
+            raise RuntimeError(f"rank {r} failed while {what}: {tname}: {msg}")
+
+
+def on_all_ranks(fn, rank=0, world_size=1, what="evaluating"):
+    """Run fn() on every rank; if it fails on any rank, every rank raises that error (none is left waiting)."""
+    if world_size == 1:
+        return fn()
+    result, error, local_exc = None, None, None
+    try:
+        result = fn()
+    except Exception as e:
+        error, local_exc = (isinstance(e, PlscError), type(e).__name__, str(e), rank), e
+    _raise_first(_gather(error, world_size), rank, local_exc, what)
+    return result
+
+
 def embed_images(embed_fn, load, n, batch_size=64, flip_test=True, rank=0, world_size=1, name="images",
                  fuse=False):
     """-> (raw [n, D] float32, flipped [n, D] float32 or None), identical on every rank.
@@ -80,21 +104,13 @@ def embed_images(embed_fn, load, n, batch_size=64, flip_test=True, rank=0, world
     start, end = shard_range(n, rank, world_size)
     if world_size == 1:
         return _embed_range(embed_fn, load, start, end, batch_size, flip_test, name, fuse)
-    part, error = (None, None), None
+    part, error, local_exc = (None, None), None, None
     try:
         part = _embed_range(embed_fn, load, start, end, batch_size, flip_test, name, fuse)
     except Exception as e:  # every rank must reach the gather, then all raise the same error
-        error = (isinstance(e, PlscError), type(e).__name__, str(e), rank)
-        local_exc = e
+        error, local_exc = (isinstance(e, PlscError), type(e).__name__, str(e), rank), e
     parts = _gather((part, error), world_size)
-    for _, err in parts:
-        if err is not None:
-            if err[3] == rank:
-                raise local_exc
-            is_user, tname, msg, r = err
-            if is_user:
-                raise getattr(plsc_errors, tname, PlscError)(msg)
-            raise RuntimeError(f"rank {r} failed while embedding {name}: {tname}: {msg}")
+    _raise_first([err for _, err in parts], rank, local_exc, f"embedding {name}")
     raws = [p[0] for p, _ in parts if p[0] is not None]
     flips = [p[1] for p, _ in parts if p[1] is not None]
     return np.concatenate(raws), (np.concatenate(flips) if flips else None)

@@ -13,7 +13,7 @@ slice of every set (plsc.metrics.embedding) and the embeddings are all-gathered;
 import os
 
 from plsc.errors import ConfigError, DataError
-from plsc.metrics.embedding import embed_images
+from plsc.metrics.embedding import embed_images, on_all_ranks
 from plsc.metrics.verification import verify
 
 
@@ -48,7 +48,7 @@ def evaluate_sets(embed_fn, sets, batch_size=64, flip_test=True, rank=0, world_s
     """{set name: dataset spec or dataset} -> {set name: verification results} (same on every rank)."""
     results = {}
     for name, spec in sets.items():
-        ds = build_eval_dataset(name, spec)
+        ds = on_all_ranks(lambda: build_eval_dataset(name, spec), rank, world_size, f"loading eval set '{name}'")
         raw, flipped = embed_images(embed_fn, lambda i, ds=ds: ds[i][0], len(ds), batch_size=batch_size,
                                     flip_test=flip_test, rank=rank, world_size=world_size,
                                     name=f"eval set '{name}'")

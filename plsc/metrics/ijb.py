@@ -20,7 +20,7 @@ import numpy as np
 
 from plsc.errors import DataError
 from plsc.metrics.align import align_face
-from plsc.metrics.embedding import embed_images
+from plsc.metrics.embedding import embed_images, on_all_ranks
 from plsc.metrics.ijb_ident import identify, rows_of
 from plsc.metrics.ijb_meta import read_ijb
 
@@ -127,7 +127,8 @@ def evaluate_ijb(embed_fn, root, target="IJBC", batch_size=128, flip_test=True, 
 
     meta: an already read IJBMeta of (root, target) (read here when None).
     """
-    meta = read_ijb(root, target) if meta is None else meta
+    if meta is None:
+        meta = on_all_ranks(lambda: read_ijb(root, target), rank, world_size, f"reading {target} meta")
     n = len(meta.image_paths)
     fused, _ = embed_images(embed_fn, lambda i: load_aligned(meta, i), n, batch_size=batch_size,
                             flip_test=flip_test, rank=rank, world_size=world_size, name=f"{meta.target} images",
