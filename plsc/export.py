@@ -358,6 +358,8 @@ def run_parity(model, result, chw, batch=None, fp16=False, tol=None, log=print):
         entry = {"tol": limit}
         try:
             embed = make()
+            if getattr(embed, "onednn_off_reason", None):
+                entry["note"] = f"oneDNN off on CPU: the program has {embed.onednn_off_reason} (Paddle bug)"
             for n, x in inputs.items():
                 entry[f"batch_{n}"] = _rel_err(embed(x), refs[n])
         except Exception as e:  # a backend that cannot load or run the model is a parity failure, named
@@ -388,7 +390,8 @@ def _table(report, batches):
              f"  {'backend':<18}" + "".join(f"{c:>12}" for c in cols) + f"{'tol':>10}  status"]
     for name, e in report.items():
         vals = "".join(f"{e.get(f'batch_{n}', float('nan')):>12.2e}" for n in batches)
-        lines.append(f"  {name:<18}{vals}{e['tol']:>10.0e}  {'ok' if e['ok'] else 'FAIL'}")
+        lines.append(f"  {name:<18}{vals}{e['tol']:>10.0e}  {'ok' if e['ok'] else 'FAIL'}"
+                     + (f"  ({e['note']})" if "note" in e else ""))
     return "\n".join(lines)
 
 

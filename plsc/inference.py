@@ -88,13 +88,14 @@ class PaddleEmbedder(_Embedder):
         config = pi.Config(model_file, params_file)
         if use_gpu is None:
             use_gpu = paddle.is_compiled_with_cuda() and paddle.device.cuda.device_count() > 0
+        self.onednn_off_reason = None
         if use_gpu:
             config.enable_use_gpu(256, 0)
         else:
             config.disable_gpu()
             config.set_cpu_math_library_num_threads(_threads())
-            if has_nhwc_ops(model_file):
-                # Paddle 3.3's oneDNN passes feed NCHW tensors to NHWC convolutions (wrong channel count)
+            self.onednn_off_reason = onednn_unsafe(model_file)
+            if self.onednn_off_reason:
                 config.disable_mkldnn()
         config.disable_glog_info()
         try:
@@ -146,8 +147,15 @@ class OnnxEmbedder(_Embedder):
         return self.session.run(None, {self.input_name: batch})[0]
 
 
-def has_nhwc_ops(model_file):
-    """True if the saved program has an op with data_format NHWC (a backbone trained with Model.data_format NHWC)."""
+def onednn_unsafe(model_file):
+    """Why Paddle 3.3's CPU oneDNN path cannot run this program (None if it can).
+
+    Two Paddle bugs, found on plsc backbones: a batch_norm without scale/bias (IResNet's fixed-scale
+    feature BN normalises with weight=None) segfaults the oneDNN kernel, and the oneDNN layout passes
+    feed NCHW tensors to NHWC convolutions. The predictor then runs the plain CPU kernels (slower).
+    The program is the PIR JSON written by paddle.jit.save: ops {"#": "1.<op>", "A": attrs, "I": inputs},
+    a missing optional input is {"%": 0}.
+    """
     try:
         with open(model_file) as f:
             program = json.load(f)
@@ -158,11 +166,14 @@ def has_nhwc_ops(model_file):
         node = stack.pop()
         if isinstance(node, dict):
             if node.get("N") == "data_format" and isinstance(node.get("AT"), dict) and node["AT"].get("D") == "NHWC":
-                return True
+                return "an NHWC convolution"
+            if str(node.get("#", "")).startswith("1.batch_norm") and isinstance(node.get("I"), list) \
+                    and any(isinstance(i, dict) and i.get("%") == 0 for i in node["I"]):
+                return "a batch_norm without scale or shift"
             stack.extend(node.values())
         elif isinstance(node, list):
             stack.extend(node)
-    return False
+    return None
 
 
 def resolve_model_path(path):

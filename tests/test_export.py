@@ -286,3 +286,70 @@ def test_verification_on_exported_models_equals_dygraph(onnx_export, tmp_path):
         got = evaluate_bins(load_embedder(path), bins, batch_size=16)["toy"]
         assert got["acc"] == ref["acc"] and got["fold_acc"] == ref["fold_acc"]
         assert abs(got["xnorm"] - ref["xnorm"]) < 1e-4 * ref["xnorm"]
+
+
+# ---------------------------------------------------------------- the registered backbones (reduced sizes)
+BACKBONES = {
+    "IResNet18": {"layers": [1, 1, 1, 1], "widths": [8, 16, 16, 32]},
+    "MobileFaceNet_base": {"blocks": [1, 1, 1, 1], "scale": 1},
+    "FaceViT_tiny_patch9_112": {"embed_dim": 32, "depth": 1, "num_heads": 2},
+}
+
+
+def _smoke_cfg(name, data_format="NCHW"):
+    from plsc.config import load_config
+
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    arch = json.dumps(BACKBONES[name])
+    return load_config(os.path.join(root, "configs/smoke/IResNet_tiny_random.yaml"),
+                       [f"Model.name={name}", f"Model.data_format={data_format}", f"Model.arch_kwargs={arch}"])
+
+
+def _trained_like(model):
+    """Non-trivial BN statistics (fresh ones are 0 / 1 and would hide a BN left in train mode)."""
+    for layer in model.sublayers():
+        if isinstance(layer, (paddle.nn.BatchNorm2D, paddle.nn.BatchNorm1D)):
+            layer._mean.set_value(paddle.uniform(layer._mean.shape, min=-0.2, max=0.2))
+            layer._variance.set_value(paddle.uniform(layer._variance.shape, min=0.5, max=1.5))
+    model.train()
+    return model
+
+
+@pytest.mark.parametrize("name", list(BACKBONES))
+def test_registered_backbone_exports_to_onnx_with_parity(name, tmp_path):
+    import onnxruntime as ort
+
+    from plsc.engine.builders import build_backbone
+
+    paddle.seed(0)
+    cfg = _smoke_cfg(name)
+    model = _trained_like(build_backbone(cfg))
+    result = export_model(model, str(tmp_path), export_type="onnx", input_shape=tuple(cfg["Export"]["input_shape"]),
+                          opset_version=cfg["Export"]["opset_version"],
+                          meta={"model_name": name, "embedding_size": 32, "source_config": cfg})
+    assert all(e["ok"] and e["max_rel_err"] < 1e-3 for e in result["parity"].values())
+    assert json.load(open(result["meta_file"]))["source_config"]["Model"]["name"] == name
+    sess = ort.InferenceSession(result["onnx_file"], providers=["CPUExecutionProvider"])
+    for n in (1, 7):
+        x = _images(n, seed=n)
+        y = sess.run(None, {"images": x})[0]
+        assert y.shape == (n, 32) and _rel(y, _dygraph(model, x)) < 1e-4
+
+
+def test_nhwc_trained_backbone_exports_as_nchw(tmp_path):
+    from plsc.engine.builders import build_backbone
+
+    paddle.seed(1)
+    cfg = _smoke_cfg("IResNet18", "NHWC")
+    model = _trained_like(build_backbone(cfg))
+    assert model.data_format == "NHWC"
+    lines = []
+    result = export_model(model, str(tmp_path), export_type="onnx",
+                          meta={"model_name": "IResNet18", "source_config": cfg}, log=lines.append)
+    assert any("NCHW rebuild" in line for line in lines)
+    assert json.load(open(result["meta_file"]))["layout"] == "NCHW"
+    x = _images(3, seed=2)  # NCHW in, the NHWC model's embeddings out
+    assert _rel(load_embedder(result["onnx_file"])(x), _dygraph(model, x)) < 1e-4
+    # without the config to rebuild from, ONNX export of an NHWC backbone says what to do
+    with pytest.raises(ExportError, match="Model.data_format=NCHW"):
+        export_model(model, str(tmp_path / "no_cfg"), export_type="onnx")
