@@ -105,8 +105,12 @@ def test_iresnet50_real_size_matches_published_params_and_macs():
 def test_iresnet18_macs_and_real_size_small_models_run():
     paddle.seed(0)
     assert abs(count_macs(MODELS.build("IResNet18")) / 1e9 - 2.61) < 0.01  # published 2.61G
+    d, n = 256, 144  # FaceViT tiny by hand: patch conv, 12 x (qkv, proj, MLP, q.k^T, attn.v), neck
+    vit_macs = n * d * 243 + 12 * (n * (3 * d * d + d * d + 8 * d * d) + 2 * n * n * d) + n * d * d + d * 128
     for name in ("MobileFaceNet_base", "MobileFaceNet_large", "FaceViT_tiny_patch9_112"):
         model = MODELS.build(name, num_features=128)
+        if name.startswith("FaceViT"):
+            assert count_macs(model) == vit_macs
         model.train()
         emb = model(images(2))
         assert emb.shape == [2, 128] and np.isfinite(emb.numpy()).all()
@@ -142,6 +146,7 @@ def test_nhwc_equals_nchw_with_the_same_weights(name):
         tol = 3e-4 if training else 1e-5  # batch-stat sums run in a different order in NHWC
         np.testing.assert_allclose(out_a, b(x).numpy(), rtol=tol, atol=tol)
     assert seen[0][-1] == first_conv.weight.shape[0]  # channels last: the NHWC model really ran NHWC
+    assert count_macs(a) == count_macs(b) > 0
 
 
 def _train_step(name, recompute, x, counter=None, **extra):

@@ -177,5 +177,5 @@ class DropPath(nn.Layer):
             return x
         keep = 1.0 - self.p
         shape = [x.shape[0]] + [1] * (x.ndim - 1)
-        mask = paddle.floor(keep + paddle.rand(shape, dtype=x.dtype))
+        mask = paddle.floor(keep + paddle.rand(shape, dtype="float32")).astype(x.dtype)
         return x / keep * mask

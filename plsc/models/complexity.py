@@ -11,8 +11,7 @@ from paddle import nn
 
 def _conv_macs(layer, out):
     w = layer.weight  # [out, in/groups, kh, kw] in both layouts
-    spatial = out.shape[1] * out.shape[2] if layer._data_format == "NHWC" else out.shape[2] * out.shape[3]
-    return out.shape[0] * spatial * w.shape[0] * w.shape[1] * w.shape[2] * w.shape[3]
+    return int(out.size) * w.shape[1] * w.shape[2] * w.shape[3]  # every output value: in/groups*kh*kw MACs
 
 
 def _linear_macs(layer, inp, out):
