@@ -307,7 +307,7 @@ def test_cli_with_onnx_model(ijb_root, tmp_path, capsys):
     assert res["tar_at_far"] == ref["tar_at_far"] and res["identification"] == ref["identification"]
     assert res["det_weight"] is False and res["norm_weight"] is True
     text = capsys.readouterr().out
-    assert "FAR=1e-04" in text and "rank1" in text
+    assert "FAR=1e-04" in text and "rank1" in text and "embedded 54/54 images" in text
 
 
 def test_cli_errors_exit_2(tmp_path, capsys):

@@ -38,7 +38,7 @@ def _run_embed(embed_fn, batch, what):
     return out.astype(np.float32, copy=False)
 
 
-def _embed_range(embed_fn, load, start, end, batch_size, flip_test, name, fuse=False):
+def _embed_range(embed_fn, load, start, end, batch_size, flip_test, name, fuse=False, progress=None):
     raw, flipped = [], []
     starts = list(range(start, end, batch_size))
     if not starts:
@@ -56,6 +56,8 @@ def _embed_range(embed_fn, load, start, end, batch_size, flip_test, name, fuse=F
                 flipped.append(_run_embed(embed_fn, batch[:, :, :, ::-1], what + " (flipped)"))
                 if fuse:
                     raw[-1] = raw[-1] + flipped.pop()
+            if progress is not None:
+                progress(s + len(batch) - start, end - start)
     return np.concatenate(raw), (np.concatenate(flipped) if flip_test and not fuse else None)
 
 
@@ -94,19 +96,20 @@ def on_all_ranks(fn, rank=0, world_size=1, what="evaluating"):
 
 
 def embed_images(embed_fn, load, n, batch_size=64, flip_test=True, rank=0, world_size=1, name="images",
-                 fuse=False):
+                 fuse=False, progress=None):
     """-> (raw [n, D] float32, flipped [n, D] float32 or None), identical on every rank.
 
     fuse: return (raw + flipped, None) -- summed on each rank before the gather (half the memory).
+    progress: called as progress(done, total) with this rank's counts after every batch.
     """
     if batch_size < 1:
         raise DataError(f"{name}: batch size must be >= 1, got {batch_size}")
     start, end = shard_range(n, rank, world_size)
     if world_size == 1:
-        return _embed_range(embed_fn, load, start, end, batch_size, flip_test, name, fuse)
+        return _embed_range(embed_fn, load, start, end, batch_size, flip_test, name, fuse, progress)
     part, error, local_exc = (None, None), None, None
     try:
-        part = _embed_range(embed_fn, load, start, end, batch_size, flip_test, name, fuse)
+        part = _embed_range(embed_fn, load, start, end, batch_size, flip_test, name, fuse, progress)
     except Exception as e:  # every rank must reach the gather, then all raise the same error
         error, local_exc = (isinstance(e, PlscError), type(e).__name__, str(e), rank), e
     parts = _gather((part, error), world_size)

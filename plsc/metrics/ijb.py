@@ -122,17 +122,18 @@ def tar_at_far(fpr, tpr, fars=FARS):
 
 
 def evaluate_ijb(embed_fn, root, target="IJBC", batch_size=128, flip_test=True, norm_weight=True,
-                 det_weight=True, rank=0, world_size=1, meta=None):
+                 det_weight=True, rank=0, world_size=1, meta=None, progress=None):
     """-> (results dict of plain numbers, roc {fpr, tpr, scores, labels} arrays). Same on every rank.
 
     meta: an already read IJBMeta of (root, target) (read here when None).
+    progress: progress(done, total) after every batch of this rank's images.
     """
     if meta is None:
         meta = on_all_ranks(lambda: read_ijb(root, target), rank, world_size, f"reading {target} meta")
     n = len(meta.image_paths)
     fused, _ = embed_images(embed_fn, lambda i: load_aligned(meta, i), n, batch_size=batch_size,
                             flip_test=flip_test, rank=rank, world_size=world_size, name=f"{meta.target} images",
-                            fuse=True)
+                            fuse=True, progress=progress)
     bad = np.flatnonzero(~np.isfinite(fused).all(axis=1))
     if len(bad):
         raise DataError(f"{meta.target}: the embedding of image {int(bad[0])} ({meta.image_paths[bad[0]]}) "

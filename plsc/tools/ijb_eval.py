@@ -14,6 +14,7 @@ import argparse
 import json
 import os
 import sys
+import time
 
 from plsc.env import setup_threads
 
@@ -76,6 +77,19 @@ def resolve_embedder(args):
     return load_embedder(path), os.path.basename(os.path.normpath(path)), rank, world_size
 
 
+class Progress:
+    """Prints rank 0's embedding progress about every 5% and at the end."""
+
+    def __init__(self, rank, world_size):
+        self.rank, self.world_size, self.next, self.t0 = rank, world_size, 0.0, time.time()
+
+    def __call__(self, done, total):
+        if done / total >= self.next or done == total:
+            self.next = done / total + 0.05
+            share = f" (rank 0's share of {self.world_size} ranks)" if self.world_size > 1 else ""
+            print(f"embedded {done}/{total} images{share}, {time.time() - self.t0:.0f} s", flush=True)
+
+
 def run(args):
     import numpy as np
 
@@ -85,7 +99,8 @@ def run(args):
     embed_fn, label, rank, world_size = resolve_embedder(args)
     results, roc = evaluate_ijb(embed_fn, args.root, args.target, batch_size=args.batch_size,
                                 flip_test=not args.no_flip, norm_weight=args.norm_weight,
-                                det_weight=args.det_weight, rank=rank, world_size=world_size, meta=meta)
+                                det_weight=args.det_weight, rank=rank, world_size=world_size, meta=meta,
+                                progress=Progress(rank, world_size) if rank == 0 else None)
     if rank != 0:
         return results
     out = args.out or "ijb_results"
