@@ -321,3 +321,21 @@ def test_vit_mask_token_exists_only_when_masking_and_gets_a_gradient():
     model.train()
     model(images(2))[0].sum().backward()  # (a plain sum through the last BN has zero gradient)
     assert model.mask_token.grad is not None and np.abs(model.mask_token.grad.numpy()).sum() > 0
+
+
+@pytest.mark.parametrize("name", sorted(SMALL))
+def test_o2_plan_keeps_the_neck_fp32_and_casts_the_body(name):
+    import warnings
+
+    from plsc.amp import AmpPolicy
+
+    model = MODELS.build(name, num_features=16, arch_kwargs=SMALL[name])
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # "computes in fp32" on CPU
+        policy = AmpPolicy.from_config({"level": "O2", "dtype": "float16"}, "cpu")
+    plan = policy.o2_cast_plan(model, model.fp32_layers())
+    neck = {id(p) for layer in model.fp32_layers() for p in layer.parameters()}
+    names = {id(p): n for n, p in model.named_parameters()}
+    assert neck and all(plan[names[i]] == "float32" for i in neck)
+    body = [n for n, p in model.named_parameters() if id(p) not in neck and n.endswith("weight") and p.ndim >= 2]
+    assert body and all(plan[n] == "float16" for n in body)  # convs / linears of the blocks go low precision
