@@ -19,12 +19,11 @@ COMMON_OPTIONS = ("num_features", "data_format", "dropout", "recompute", "arch_k
 VIT_OPTIONS = ("mask_ratio", "drop_path_rate")
 
 
-def _fraction(name, key, value, allow_one=False):
+def _fraction(name, key, value):
     if isinstance(value, bool) or not isinstance(value, (int, float)):
         raise ConfigError(f"Model.{key}: {value!r} for {name} is not a number")
-    hi_ok = value <= 1.0 if allow_one else value < 1.0
-    if not (0.0 <= value and hi_ok):
-        raise ConfigError(f"Model.{key}: {value} for {name} must be in [0, 1{']' if allow_one else ')'}")
+    if not 0.0 <= value < 1.0:
+        raise ConfigError(f"Model.{key}: {value} for {name} must be in [0, 1)")
     return float(value)
 
 
