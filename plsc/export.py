@@ -74,8 +74,9 @@ def export_model(backbone, out_dir, export_type="paddle", input_shape=(3, 112, 1
     if export_type == "onnx":
         result["onnx_file"] = os.path.join(out_dir, ONNX_FILE)
         _save_onnx(result["model_file"], result["params_file"], result["onnx_file"], opset_version, fp16, log)
+    name = meta.get("model_name") or type(backbone).__name__
     _write_meta(result, meta, batch, chw, emb_size, opset_version, fp16)
-    log(f"exported {meta.get('model_name', type(backbone).__name__)} ({export_type}"
+    log(f"exported {name} ({export_type}"
         f"{', fp16 weights' if fp16 else ''}) to {out_dir}")
     result["parity"] = run_parity(model, result, chw, batch, fp16, parity_tol, log) if parity_check else {}
     return result
