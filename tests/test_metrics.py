@@ -344,3 +344,11 @@ def test_two_ranks_split_the_work(tmp_path):
     assert [r["images"] for r in ranks] == [2 * (30 + 21)] * 2
     assert sum(r["images"] for r in ranks) == model.images
     assert [r["calls"] for r in ranks] == [2 * (4 + 3)] * 2
+
+
+def test_benchmark_script_runs(capsys):
+    from plsc.metrics.benchmark import main
+
+    main(["--pairs", "20", "--ijb-images", "3000", "--dim", "16"])
+    out = capsys.readouterr().out
+    assert "10-fold protocol" in out and "IJB 1:N" in out and "img/s" in out

@@ -44,8 +44,8 @@ def bench_bin(pairs, rng):
 
 
 def bench_ijb(n_images, dim, rng):
-    from plsc.metrics.ijb import identification, image_features, pair_scores, roc_curve, tar_at_far, \
-        template_features
+    from plsc.metrics.ijb import image_features, pair_scores, roc_curve, tar_at_far, template_features
+    from plsc.metrics.ijb_ident import identify
 
     scale = n_images / 469375
     n_templates = max(100, int(23124 * scale))
@@ -67,11 +67,13 @@ def bench_ijb(n_images, dim, rng):
     fpr, tpr, _ = roc_curve(labels, scores)
     tar_at_far(fpr, tpr)
     times["ROC + TAR@FAR"] = time.perf_counter() - t
-    g = t_ids[: len(t_ids) // 12]
-    p = t_ids[len(t_ids) // 12:]
+    n_g = len(t_ids) // 13  # IJB-C: 1772 + 1759 gallery templates, 19593 probes
+    g1, g2, p = t_ids[:n_g], t_ids[n_g:2 * n_g], t_ids[2 * n_g:]
+    one_to_n = {"G1": (g1, np.arange(n_g)), "G2": (g2, np.arange(n_g, 2 * n_g)),
+                "probe": (p, rng.integers(0, 2 * n_g, p.size))}
     t = time.perf_counter()
-    identification(t_ids, t_feats, (g, np.arange(g.size)), (p, rng.integers(0, 2 * g.size, p.size)))
-    times[f"1:N ({p.size} probes x {g.size} gallery)"] = time.perf_counter() - t
+    identify(t_ids, t_feats, one_to_n)
+    times[f"1:N ({p.size} probes x 2 x {n_g} gallery)"] = time.perf_counter() - t
     return times
 
 
