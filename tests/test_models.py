@@ -339,3 +339,21 @@ def test_o2_plan_keeps_the_neck_fp32_and_casts_the_body(name):
     assert neck and all(plan[names[i]] == "float32" for i in neck)
     body = [n for n, p in model.named_parameters() if id(p) not in neck and n.endswith("weight") and p.ndim >= 2]
     assert body and all(plan[n] == "float16" for n in body)  # convs / linears of the blocks go low precision
+
+
+def test_parameter_names_follow_insightface_and_plsc():
+    """Checkpoints of the PLSC / insightface layouts load by name (PLSC's model zoo has IResNet50 and FaceViT)."""
+    r = MODELS.build("IResNet18", num_features=16, arch_kwargs=SMALL["IResNet18"]).state_dict()
+    for key in ("conv1.weight", "bn1._mean", "prelu._weight", "layer1.0.bn1.weight", "layer1.0.conv1.weight",
+                "layer1.0.bn2.weight", "layer1.0.prelu._weight", "layer1.0.conv2.weight", "layer1.0.bn3._variance",
+                "layer1.0.downsample.0.weight", "layer1.0.downsample.1.weight", "layer4.0.conv2.weight",
+                "bn2.weight", "fc.weight", "fc.bias", "features.weight", "features.bias", "features._mean"):
+        assert key in r, key
+    v = MODELS.build("FaceViT_tiny_patch9_112", num_features=16, arch_kwargs=SMALL["FaceViT_tiny_patch9_112"])
+    v = v.state_dict()
+    for key in ("patch_embed.proj.weight", "patch_embed.proj.bias", "pos_embed", "mask_token", "blocks.0.norm1.weight",
+                "blocks.0.attn.qkv.weight", "blocks.0.attn.proj.bias", "blocks.1.norm2.bias", "blocks.1.mlp.fc1.weight",
+                "blocks.1.mlp.fc2.bias", "norm.weight", "feature.0.weight", "feature.1._mean", "feature.2.weight",
+                "feature.3.bias"):
+        assert key in v, key
+    assert "blocks.0.attn.qkv.bias" not in v and "feature.0.bias" not in v

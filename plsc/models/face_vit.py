@@ -10,6 +10,9 @@
     neck    final LN - flatten (144*D) - [dropout] - Linear(144*D -> D, no bias) - BN1d
             - Linear(D -> num_features, no bias) - BN1d   (BN eps 2e-5)
 
+Parameter names follow insightface / PLSC (patch_embed.proj, blocks.i.attn.qkv, blocks.i.mlp.fc1,
+norm, feature.0-3, pos_embed, mask_token), so PLSC FaceViT state dicts load by name.
+
 Sizes (embed_dim, depth, heads): tiny (256, 12, 8), small (512, 12, 8), base (512, 24, 8),
 large (768, 24, 8), mlp_ratio 4. Defaults as insightface: mask_ratio 0.1, drop_path_rate 0.1.
 arch_kwargs {embed_dim, depth, num_heads, mlp_ratio} give reduced models for tests.
@@ -45,9 +48,24 @@ class Attention(nn.Layer):
         return self.proj(paddle.reshape(out, [0, 0, self.num_heads * self.head_dim]))
 
 
-class Mlp(nn.Sequential):
+class Mlp(nn.Layer):
     def __init__(self, dim, hidden):
-        super().__init__(nn.Linear(dim, hidden), nn.ReLU6(), nn.Linear(hidden, dim))
+        super().__init__()
+        self.fc1 = nn.Linear(dim, hidden)
+        self.act = nn.ReLU6()
+        self.fc2 = nn.Linear(hidden, dim)
+
+    def forward(self, x):
+        return self.fc2(self.act(self.fc1(x)))
+
+
+class PatchEmbed(nn.Layer):
+    def __init__(self, dim, data_format):
+        super().__init__()
+        self.proj = nn.Conv2D(3, dim, PATCH, stride=PATCH, data_format=data_format)
+
+    def forward(self, x):
+        return self.proj(x)
 
 
 class Block(nn.Layer):
@@ -70,7 +88,7 @@ class FaceViT(Backbone):
         super().__init__(name, data_format, recompute)
         self.embed_dim = embed_dim
         self.mask_ratio = mask_ratio
-        self.patch_embed = nn.Conv2D(3, embed_dim, PATCH, stride=PATCH, data_format=data_format)
+        self.patch_embed = PatchEmbed(embed_dim, data_format)
         tn = nn.initializer.TruncatedNormal(std=0.02)
         self.pos_embed = self.create_parameter([1, NUM_PATCHES, embed_dim], default_initializer=tn)
         # only a masked model has (and trains) the mask token: an unused parameter would have no grad
