@@ -65,7 +65,8 @@ def threshold_at_far(far, thresholds, target):
     """Threshold where FAR (non-decreasing in the threshold) reaches `target`, linear in between.
 
     Interpolates between the last threshold whose FAR is <= target and the first whose FAR exceeds it
-    (as scipy's interp1d(far, thresholds, kind='slinear') does on these sorted, repeated values).
+    (as insightface's scipy.interpolate.interp1d(far, thresholds, kind='slinear') did with scipy <= 1.8;
+    newer scipy refuses the repeated FAR values).
     0.0 when the FAR never reaches the target.
     """
     if far.size == 0 or far[-1] < target:
