@@ -6,11 +6,10 @@
     # out/export/meta.json                              (input shape, mean/std, RGB, NCHW, embedding size, config)
     # result["parity"]: max relative error of each backend against the dygraph model
 
-The exported model is always fp32 and NCHW at its input, whatever the training precision (FP16 O1/O2
-params are cast to fp32 on a copy; the caller's model is not touched) and whatever Model.data_format
-was (the backbone takes NCHW and transposes inside). `fp16=True` stores fp16 weights with fp32 inputs
-and outputs: for onnx through onnxruntime's float16 converter (runs on CPU too), for paddle through
-paddle.inference.convert_to_mixed_precision (needs a CUDA build of Paddle).
+The export is fp32 with an NCHW input whatever the training precision (O1/O2 params are cast to fp32
+on a copy; the caller's model is untouched) and Model.data_format (NHWC backbones are rebuilt NCHW).
+`fp16=True` stores fp16 weights, fp32 inputs/outputs: onnx through onnxruntime's float16 converter
+(runs on CPU), paddle through paddle.inference.convert_to_mixed_precision (needs CUDA Paddle).
 
 Parity: random inputs in [-1, 1] at batch 1 and 4 go through the dygraph model, the paddle.inference
 predictor and (onnx) onnxruntime; the error is max|y - y_ref| / max|y_ref| per batch. Above
@@ -57,8 +56,10 @@ def export_model(backbone, out_dir, export_type="paddle", input_shape=(3, 112, 1
     batch, chw = _check_shape(input_shape)
     if export_type == "onnx":
         opset_version = _check_opset(opset_version)
-    if fp16 and export_type == "paddle":
-        _check_fp16_paddle_possible()
+    if fp16 and export_type == "paddle" and not _cuda_paddle():
+        raise ConfigError("Export.fp16=true with export_type paddle needs a CUDA build of Paddle "
+                          "(paddle.inference.convert_to_mixed_precision targets GPU; fp16 kernels do not exist on "
+                          "CPU). Export fp32 (Export.fp16=false) or use export_type onnx for fp16 weights.")
     meta = dict(meta or {})
     model = _nchw_twin(_fp32_eval_copy(backbone), meta.get("source_config"), export_type, chw, log)
     emb_size = _probe(model, chw, meta.get("embedding_size"))
@@ -71,6 +72,8 @@ def export_model(backbone, out_dir, export_type="paddle", input_shape=(3, 112, 1
         _save_paddle_fp16(model, batch, chw, out_dir)
     else:
         _save_paddle(model, batch, chw, prefix)
+    if export_type == "paddle" and os.path.isfile(os.path.join(out_dir, ONNX_FILE)):
+        os.remove(os.path.join(out_dir, ONNX_FILE))  # a stale ONNX model from an earlier export
     if export_type == "onnx":
         result["onnx_file"] = os.path.join(out_dir, ONNX_FILE)
         _save_onnx(result["model_file"], result["params_file"], result["onnx_file"], opset_version, fp16, log)
@@ -113,13 +116,9 @@ def _check_opset(opset):
     return opset
 
 
-def _check_fp16_paddle_possible():
+def _cuda_paddle():
     import paddle
-
-    if not paddle.is_compiled_with_cuda():
-        raise ConfigError("Export.fp16=true with export_type paddle needs a CUDA build of Paddle "
-                          "(paddle.inference.convert_to_mixed_precision targets GPU; fp16 kernels do not exist on "
-                          "CPU). Export fp32 (Export.fp16=false) or use export_type onnx for fp16 weights.")
+    return paddle.is_compiled_with_cuda()
 
 
 # ---------------------------------------------------------------- model preparation
@@ -397,5 +396,4 @@ def _table(report, batches):
 
 
 def _first_line(e):
-    text = str(e).strip()
-    return text.splitlines()[0] if text else "(no message)"
+    return (str(e).strip().splitlines() or ["(no message)"])[0]
