@@ -234,6 +234,16 @@ def test_jit_save_load_round_trip(name, fmt, tmp_path):
     loaded.eval()
     np.testing.assert_allclose(loaded(x).numpy(), ref, rtol=1e-5, atol=1e-6)
     assert loaded(images(1)).shape == [1, 16]  # dynamic batch
+    if fmt == "NCHW" or name.startswith("IResNet"):
+        from plsc.inference import onednn_unsafe
+
+        nchw = path if fmt == "NCHW" else str(tmp_path / "nchw")
+        if fmt != "NCHW":  # the same weights exported NCHW: a program the CPU oneDNN predictor can run
+            twin = MODELS.build(name, num_features=16, arch_kwargs=SMALL[name])
+            twin.set_state_dict(model.state_dict())
+            twin.eval()
+            paddle.jit.save(twin, nchw, input_spec=[paddle.static.InputSpec([None, 3, 112, 112], "float32", "x")])
+        assert onednn_unsafe(nchw + ".json") is None  # eval-mode fixed-scale BN exports as a standard batch_norm
 
 
 def test_fp32_layers_are_the_necks():

@@ -31,13 +31,15 @@ def _conv(cin, cout, k, stride, fmt):
 class FixedScaleBatchNorm1D(nn.BatchNorm1D):
     """BatchNorm1D whose scale stays 1 (insightface sets it to 1 with requires_grad=False) while the
     shift trains. Paddle's batch_norm gives the bias no gradient when the scale does not require
-    one, so normalise without affine and apply scale and shift outside the kernel."""
+    one, so in training normalise without affine and apply scale and shift outside the kernel."""
 
     def __init__(self, num_features, epsilon=BN_EPS):
         super().__init__(num_features, epsilon=epsilon, weight_attr=paddle.ParamAttr(
             initializer=nn.initializer.Constant(1.0), trainable=False))
 
     def forward(self, x):
+        if not self.training:  # inference / export: the standard op (oneDNN crashes on a scale-free one)
+            return super().forward(x)
         y = nn.functional.batch_norm(x, self._mean, self._variance, weight=None, bias=None, training=self.training,
                                      momentum=self._momentum, epsilon=self._epsilon)
         return y * self.weight + self.bias
