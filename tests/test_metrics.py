@@ -2,7 +2,6 @@
 import json
 import os
 import pickle
-import sys
 import textwrap
 
 import cv2

@@ -23,7 +23,8 @@ def umeyama(src, dst):
     src = np.asarray(src, np.float64)
     dst = np.asarray(dst, np.float64)
     if src.shape != dst.shape or src.ndim != 2 or src.shape[0] < 2:
-        raise DataError(f"similarity transform needs two matching point sets [n>=2, d], got {src.shape} and {dst.shape}")
+        raise DataError(f"similarity transform needs two matching point sets [n>=2, d], "
+                        f"got {src.shape} and {dst.shape}")
     n, dim = src.shape
     mu_s, mu_d = src.mean(axis=0), dst.mean(axis=0)
     xs, xd = src - mu_s, dst - mu_d

@@ -74,7 +74,8 @@ def format_table(results, best=None):
     """Per-set table (accuracy, std, XNorm, threshold, TAR@FAR=1e-3 [, best]) and the feature-norm table."""
     if not results:
         return "(no eval sets)"
-    header = ["set", "pairs", "acc", "std", "xnorm", "threshold", "val@far1e-3"] + (["best"] if best is not None else [])
+    header = ["set", "pairs", "acc", "std", "xnorm", "threshold", "val@far1e-3"]
+    header += ["best"] if best is not None else []
     rows = []
     for name, r in results.items():
         row = [name, r["num_pairs"], f"{r['acc']:.5f}", f"{r['std']:.5f}", f"{r['xnorm']:.3f}",

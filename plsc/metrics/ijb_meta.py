@@ -111,7 +111,8 @@ def read_template_subjects(path):
             if lineno == 1 and not row[0].strip().lstrip("-").isdigit():
                 continue  # header line
             if len(row) < 2:
-                raise DataError(f"{path}: line {lineno}: expected TEMPLATE_ID,SUBJECT_ID,..., got {','.join(row)[:120]!r}")
+                raise DataError(f"{path}: line {lineno}: expected TEMPLATE_ID,SUBJECT_ID,..., "
+                                f"got {','.join(row)[:120]!r}")
             t = _int(row[0].strip(), path, lineno, "TEMPLATE_ID")
             s = _int(row[1].strip(), path, lineno, "SUBJECT_ID")
             if subject_of.setdefault(t, s) != s:
