@@ -6,6 +6,8 @@
 returns [N, D]. Rank r embeds the contiguous slice [n*r/W, n*(r+1)/W) of the images (and their
 horizontal flips) and the slices are all-gathered, so every rank returns the same full arrays.
 A failure on one rank is sent to every rank, which all raise it (no rank is left waiting).
+Ranks may call embed_fn a different number of times (uneven slices): embed_fn must not run
+collectives (a backbone in eval mode does not; SyncBatchNorm only syncs in training).
 """
 from concurrent.futures import ThreadPoolExecutor
 
