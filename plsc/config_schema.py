@@ -113,6 +113,7 @@ SCHEMA = {
     "DistributedStrategy": {
         "data_parallel": Key(True, bool, "average backbone gradients across ranks"),
         "recompute": Key(False, bool, "recompute each backbone block in backward (saves activation memory)"),
+        "sync_bn": Key(False, bool, "BatchNorm with global-batch statistics across ranks (W ranks x b == 1 x W*b)"),
         "collective_timeout": Key(300, int, "seconds a collective may wait for other ranks before the job fails"),
     },
     "Model": {

@@ -43,6 +43,8 @@ class Engine:
         paddle.seed(g["seed"])
         np.random.seed(g["seed"])
         self.backbone = build_backbone(cfg)
+        if cfg["DistributedStrategy"]["sync_bn"]:
+            self.backbone = sync_batch_norms(self.backbone, self.device, self.log)
         self.amp = AmpPolicy.from_config(cfg["FP16"], self.device)
         self.evaluator = Evaluator(cfg, self.rank, self.world_size, self.log)
         if mode == "train":
@@ -242,6 +244,18 @@ class Engine:
         self.log.info("resolved config:\n" + text)
         with open(os.path.join(self.run_dir, f"{self.mode}_config.yaml"), "w") as f:
             f.write(text)
+
+
+def sync_batch_norms(model, device, log):
+    """DistributedStrategy.sync_bn: Paddle's SyncBatchNorm on GPUs, plsc's collective version elsewhere."""
+    if device == "gpu":
+        model = paddle.nn.SyncBatchNorm.convert_sync_batchnorm(model)
+        log.info("sync_bn: BatchNorm layers converted to paddle.nn.SyncBatchNorm")
+        return model
+    from plsc.nn.sync_bn import convert_sync_bn
+
+    log.info(f"sync_bn: {convert_sync_bn(model)} BatchNorm layers normalize with global-batch statistics")
+    return model
 
 
 class _Timer:

@@ -1,0 +1,170 @@
+"""Checkpoints: resume at another world size (2 -> 1 -> 2, C % W != 0), fine-tuning, bad checkpoints."""
+import os
+import shutil
+
+import numpy as np
+import pytest
+
+from dist_utils import launch
+from test_train import SMOKE, losses, plsc
+
+# 15 classes (odd: shards [0, 8) and [8, 15) on 2 ranks), global batch 16, synchronized BN so that
+# 2 ranks x 8 images compute exactly what 1 rank x 16 images computes.
+COMMON = ["-c", SMOKE, "-o", "Model.class_num=15", "-o", "DataLoader.Train.dataset.num_classes=15",
+          "-o", "DataLoader.Train.dataset.num_samples=240", "-o", "DistributedStrategy.sync_bn=true",
+          "-o", "Global.save_unit=step", "-o", "Global.save_interval=1", "-o", "Global.epochs=1"]
+
+
+def _w1(out, steps, *extra):
+    return losses(plsc("train", *COMMON, "-o", f"Global.output_dir={out}", "-o", f"Global.max_train_step={steps}",
+                       "-o", "DataLoader.Train.sampler.batch_size=16", *extra).stdout)
+
+
+def _w2(out, steps, log_dir, *extra):
+    launch(["plsc-train", *COMMON, "-o", f"Global.output_dir={out}", "-o", f"Global.max_train_step={steps}",
+            "-o", "DataLoader.Train.sampler.batch_size=8", *extra], nproc=2, log_dir=log_dir)
+    return losses((log_dir / "workerlog.0").read_text())
+
+
+def _close(a, b, keys, rtol):
+    for k in keys:
+        assert abs(a[k] - b[k]) <= rtol * abs(b[k]), (k, a[k], b[k])
+
+
+def _snapshot(out, name):
+    src = out / "IResNet18" / "latest"
+    dst = out / name
+    shutil.copytree(src, dst)
+    return dst
+
+
+def test_resume_across_world_sizes_2_to_1_to_2(tmp_path):
+    """A 2-rank run resumed on 1 rank, then on 2 again, follows the runs that kept their world size.
+
+    Re-sharding is exact (checked on the arrays). The first step after a resume starts from the
+    same state in both runs, so its loss matches to 1e-5; later steps differ only by fp32
+    reduction order (BatchNorm sums over 8 vs 16 images of 112 x 112), which this tiny BN-heavy net
+    amplifies to ~1e-5 .. 1e-4 within a few steps.
+    """
+    from plsc.tools.fc_shards import merge, read_shards
+
+    a = _w2(tmp_path / "a", 4, tmp_path / "log_a")
+    ref = _w1(tmp_path / "ref", 1)
+    _close(a, ref, [1], 1e-5)  # same start: 2 ranks x 8 == 1 rank x 16 (DP + sharded FC + sync BN)
+    a4 = _snapshot(tmp_path / "a", "a4")
+    # restore at world size 1 and save at once: the 1-rank shard is exactly the 2-rank shards merged
+    _w1(tmp_path / "r", 4, "-o", f"Global.checkpoint={a4}")
+    two, one = merge(read_shards(a4)), merge(read_shards(tmp_path / "r" / "IResNet18" / "latest"))
+    assert one["weight"].shape == (15, 32)
+    for key in ("weight", "momentum"):
+        assert np.array_equal(two[key], one[key]), key
+    # 2 -> 1: continue on 1 rank vs continue on 2 ranks
+    kept = _w2(tmp_path / "a", 7, tmp_path / "log_a2", "-o", f"Global.checkpoint={a4}")
+    b = _w1(tmp_path / "b", 7, "-o", f"Global.checkpoint={a4}")
+    assert sorted(b) == sorted(kept) == [5, 6, 7]
+    _close(b, kept, [5], 1e-5)
+    _close(b, kept, [6, 7], 1e-3)
+    # 1 -> 2: continue on 2 ranks vs continue on 1 rank
+    b7 = _snapshot(tmp_path / "b", "b7")
+    kept = _w1(tmp_path / "b", 10, "-o", f"Global.checkpoint={b7}")
+    c = _w2(tmp_path / "c", 10, tmp_path / "log_c", "-o", f"Global.checkpoint={b7}")
+    assert sorted(c) == sorted(kept) == [8, 9, 10]
+    _close(c, kept, [8], 1e-5)
+    _close(c, kept, [9, 10], 1e-3)
+    assert "re-sharded the FC from 1 to 2 rank(s)" in (tmp_path / "log_c" / "workerlog.0").read_text()
+
+    # the shard tool: merging the 2-rank checkpoint gives the full classifier; splitting it back is exact
+    from plsc.tools.fc_shards import main as shards_main
+
+    src = tmp_path / "c" / "IResNet18" / "latest"
+    assert shards_main(["merge", str(src), "--out", str(tmp_path / "full.npz")]) == 0
+    full = np.load(tmp_path / "full.npz")
+    parts = [np.load(src / f"fc_rank{r}.npz") for r in range(2)]
+    assert full["weight"].shape == (15, 32)
+    assert np.array_equal(full["weight"], np.concatenate([p["weight"] for p in parts]))
+    assert np.array_equal(full["momentum"], np.concatenate([p["momentum"] for p in parts]))
+    assert shards_main(["split", str(src), "--world-size", "3", "--out", str(tmp_path / "w3")]) == 0
+    w3 = [np.load(tmp_path / "w3" / f"fc_rank{r}.npz") for r in range(3)]
+    assert [p["weight"].shape[0] for p in w3] == [5, 5, 5]
+    assert np.array_equal(np.concatenate([p["weight"] for p in w3]), full["weight"])
+    assert shards_main(["split", str(src), "--world-size", "3", "--out", str(tmp_path / "w3")]) == 2  # no --force
+    # the split checkpoint is a valid checkpoint: one process resumes from it
+    d = _w1(tmp_path / "d", 11, "-o", f"Global.checkpoint={tmp_path / 'w3'}")
+    assert sorted(d) == [11]
+    assert "re-sharded the FC from 3 to 1 rank(s)" in (tmp_path / "d" / "IResNet18" / "train.log").read_text()
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory):
+    out = tmp_path_factory.mktemp("ft")
+    plsc("train", "-c", SMOKE, "-o", f"Global.output_dir={out}", "-o", "Global.max_train_step=3")
+    return out / "IResNet18" / "latest"
+
+
+def test_fine_tune_loads_fc_only_when_class_num_matches(trained, tmp_path):
+    same = plsc("train", "-c", SMOKE, "-o", f"Global.output_dir={tmp_path / 's'}", "-o", "Global.max_train_step=1",
+                "-o", f"Global.pretrained_model={trained}")
+    assert "loaded backbone weights" in same.stdout and "loaded the FC weights too" in same.stdout
+    other = plsc("train", "-c", SMOKE, "-o", f"Global.output_dir={tmp_path / 'o'}", "-o", "Global.max_train_step=1",
+                 "-o", f"Global.pretrained_model={trained}", "-o", "Model.class_num=20",
+                 "-o", "DataLoader.Train.dataset.num_classes=20")
+    assert "pretrained model has 16 classes, the config 20: the FC starts fresh" in other.stdout
+    # the fine-tuned run starts from the pretrained backbone: its first loss is far below a fresh start
+    fresh = losses(plsc("train", "-c", SMOKE, "-o", f"Global.output_dir={tmp_path / 'f'}",
+                        "-o", "Global.max_train_step=1").stdout)[1]
+    assert losses(same.stdout)[1] < fresh
+
+
+def test_fine_tune_in_process_copies_weights(trained, tmp_path):
+    from plsc.config import load_config
+    from plsc.engine.engine import Engine
+
+    e = Engine(load_config(SMOKE, [f"Global.output_dir={tmp_path}", f"Global.pretrained_model={trained}"]))
+    saved = np.load(trained / "fc_rank0.npz")
+    assert np.array_equal(e.head.weight.numpy(), saved["weight"])
+    assert not e.head_opt.velocity.numpy().any(), "fine-tuning starts with a fresh momentum"
+    backbone = np.load(trained / "backbone.npz")
+    for k, v in e.backbone.state_dict().items():
+        assert np.array_equal(v.numpy(), backbone[k]), k
+
+
+@pytest.mark.parametrize("mutate, message", [
+    ("missing", "checkpoint not found"),
+    ("flip", "file backbone.npz is corrupt"),
+    ("truncate", "file fc_rank0.npz is corrupt"),
+    ("no_manifest", "manifest.json"),
+    ("other_model", "parameter 'layer4.0.conv1.weight' has shape [32, 16, 3, 3] in the checkpoint but [48, 16, 3, 3]"),
+])
+def test_bad_checkpoints_fail_with_one_clear_message(trained, tmp_path, mutate, message):
+    ckpt = tmp_path / "ckpt"
+    shutil.copytree(trained, ckpt)
+    extra = []
+    if mutate == "missing":
+        shutil.rmtree(ckpt)
+    elif mutate == "flip":
+        data = bytearray((ckpt / "backbone.npz").read_bytes())
+        data[len(data) // 2] ^= 0xFF
+        (ckpt / "backbone.npz").write_bytes(bytes(data))
+    elif mutate == "truncate":
+        data = (ckpt / "fc_rank0.npz").read_bytes()
+        (ckpt / "fc_rank0.npz").write_bytes(data[: len(data) // 3])
+    elif mutate == "no_manifest":
+        os.remove(ckpt / "manifest.json")
+    elif mutate == "other_model":
+        extra = ["-o", "Model.arch_kwargs={layers: [1, 1, 1, 1], widths: [8, 16, 16, 48]}"]
+    out = plsc("train", "-c", SMOKE, "-o", f"Global.output_dir={tmp_path / 'o'}", "-o", "Global.max_train_step=1",
+               "-o", f"Global.checkpoint={ckpt}", *extra, check=False)
+    assert out.returncode == 2, out.stdout[-2000:] + out.stderr[-2000:]
+    assert message in out.stderr, out.stderr
+    assert "Traceback" not in out.stderr
+
+
+def test_interrupted_save_falls_back_to_previous(trained, tmp_path):
+    """A kill between the two renames of a save leaves <name>.old; a half-written .tmp is ignored."""
+    run = tmp_path / "run"
+    shutil.copytree(trained, run / "latest.old")
+    os.makedirs(run / ".latest.tmp")
+    (run / ".latest.tmp" / "backbone.npz").write_bytes(b"partial")
+    out = plsc("train", "-c", SMOKE, "-o", f"Global.output_dir={tmp_path / 'o'}", "-o", "Global.max_train_step=4",
+               "-o", f"Global.checkpoint={run / 'latest'}")
+    assert sorted(losses(out.stdout)) == [4]
