@@ -115,7 +115,7 @@ class Engine:
         for _ in range(st["batch_in_epoch"] // accum, self.steps_per_epoch):
             micro = [next(batches) for _ in range(accum)]
             timer.data_ready()
-            with self.watchdog(f"train step {st['global_step'] + 1}"):
+            with self.watchdog(f"train step {st['global_step'] + 1}", step=st["global_step"] + 1):
                 loss = self.train_step(micro)
             self.watchdog.beat(st["global_step"] + 1)
             timer.step_done()
@@ -165,10 +165,13 @@ class Engine:
             return
         st["skipped_steps"] += 1
         st["consecutive_skips"] += 1
-        self.log.warning(f"step {st['global_step']}: non-finite loss ({loss}) or gradient; update skipped "
+        self.log.warning(f"step {st['global_step'] + 1}: non-finite loss ({loss}) or gradient; update skipped "
                          f"({st['skipped_steps']} skipped so far, loss scale now {self.scaler.scale_value:g})")
         limit = self.cfg["Global"]["max_nan_skips"]
         if limit and st["consecutive_skips"] >= limit:
+            # this step's batch was consumed: count it, so a resume continues after it
+            st["global_step"] += 1
+            st["batch_in_epoch"] += self.cfg["Global"]["accum_steps"]
             self.save("latest")
             raise PlscError(f"{limit} consecutive steps had a non-finite loss or gradient (last at step "
                             f"{st['global_step']}); stopped. The last good state is saved in "

@@ -1,6 +1,6 @@
 """A dead or stuck rank must end the job, not hang it forever inside a collective.
 
-Each rank records a heartbeat (its last finished step) in <run_dir>/.heartbeat/rank<r>. The
+Each rank records a heartbeat (the step it last entered or finished) in <run_dir>/.heartbeat/rank<r>. The
 engine arms the watchdog around every phase that contains collectives; if a phase lasts longer
 than DistributedStrategy.collective_timeout seconds, the watchdog names the ranks whose heartbeat
 is behind, logs it, and exits the process with code 3, so the launcher exits non-zero.
@@ -34,7 +34,9 @@ class Watchdog:
             f.write(f"{step} {time.time():.3f}")
         os.replace(tmp, os.path.join(self.dir, f"rank{self.rank}"))
 
-    def arm(self, what):
+    def arm(self, what, step=None):
+        if step is not None:
+            self.beat(step)  # "entered step k": a rank that never gets there is named as stalled
         with self._lock:
             self._armed_at, self._what = time.monotonic(), what
 
@@ -42,9 +44,9 @@ class Watchdog:
         with self._lock:
             self._armed_at = None
 
-    def __call__(self, what):
-        """Context manager: `with watchdog("train step 12"): ...`."""
-        return _Armed(self, what)
+    def __call__(self, what, step=None):
+        """Context manager: `with watchdog("train step 12", step=12): ...`."""
+        return _Armed(self, what, step)
 
     def heartbeats(self):
         out = {}
@@ -79,12 +81,12 @@ class Watchdog:
 
 
 class _Armed:
-    def __init__(self, wd, what):
-        self.wd, self.what = wd, what
+    def __init__(self, wd, what, step):
+        self.wd, self.what, self.step = wd, what, step
 
     def __enter__(self):
         if self.wd.enabled:
-            self.wd.arm(self.what)
+            self.wd.arm(self.what, self.step)
 
     def __exit__(self, *exc):
         if self.wd.enabled:
