@@ -353,3 +353,28 @@ def test_nhwc_trained_backbone_exports_as_nchw(tmp_path):
     # without the config to rebuild from, ONNX export of an NHWC backbone says what to do
     with pytest.raises(ExportError, match="Model.data_format=NCHW"):
         export_model(model, str(tmp_path / "no_cfg"), export_type="onnx")
+
+
+class ScaleFreeBN(TinyNet):
+    """A batch_norm without scale/shift in the exported program: crashes Paddle 3.3's oneDNN kernel."""
+
+    def forward(self, x):
+        x = self.act(self.bn(self.conv(x)))
+        f = self.fc(paddle.flatten(x, 1))
+        return paddle.nn.functional.batch_norm(f, self.features._mean, self.features._variance, training=False)
+
+
+def test_predictor_avoids_onednn_crash_on_scale_free_batch_norm(tmp_path):
+    model = ScaleFreeBN()
+    result = export_model(model, str(tmp_path), export_type="paddle")
+    assert "scale" in result["parity"]["paddle_inference"]["note"]
+    embed = load_embedder(str(tmp_path))
+    assert embed.onednn_off_reason == "a batch_norm without scale or shift"
+    x = _images(2)
+    assert _rel(embed(x), _dygraph(model, x)) < 1e-4
+    assert load_embedder(_tiny_export(tmp_path / "plain")).onednn_off_reason is None
+
+
+def _tiny_export(out):
+    export_model(_tiny(), str(out), export_type="paddle", parity_check=False)
+    return str(out)
