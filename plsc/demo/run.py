@@ -27,7 +27,7 @@ from plsc.errors import PlscError
 
 CONFIG = os.path.join(os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))),
                       "configs", "demo", "IResNet_fontfaces.yaml")
-FULL = {"train_classes": 100, "val_classes": 33, "images_per_class": 48, "pairs": 1000, "epochs": 6,
+FULL = {"train_classes": 100, "val_classes": 33, "images_per_class": 48, "pairs": 1000, "epochs": 4,
         "overrides": []}
 QUICK = {"train_classes": 48, "val_classes": 30, "images_per_class": 16, "pairs": 300, "epochs": 3,
          "overrides": ["Model.arch_kwargs={layers: [1, 1, 1, 1], widths: [8, 16, 32, 64]}",
@@ -133,7 +133,7 @@ def plot(out_dir, steps, acc):
         ax.plot([a[0] for a in acc], [a[1] for a in acc], marker="o")
         ax.axhline(0.5, color="gray", ls="--", lw=1, label="chance")
         ax.set_xlabel("step")
-        ax.set_ylabel("verification accuracy (unseen characters)")
+        ax.set_ylabel("verification acc. (unseen)")
         ax.legend()
         ax.grid(alpha=0.3)
         fig.tight_layout()

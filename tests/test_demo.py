@@ -1,0 +1,26 @@
+"""plsc-demo --quick as a user runs it: real data built from fonts, 2-rank training, eval, ONNX export."""
+import json
+import os
+import subprocess
+import sys
+
+
+def test_quick_demo_end_to_end(tmp_path):
+    out = tmp_path / "demo"
+    proc = subprocess.run([sys.executable, "-c", "import sys; from plsc.demo.run import main; sys.exit(main())",
+                           "--quick", "--out", str(out)], capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    s = json.loads((out / "summary.json").read_text())
+    assert s["ranks"] == 2 and s["steps"] > 0
+    assert s["last_loss"] < 0.7 * s["first_loss"]
+    assert s["accuracy"] > 0.6, s  # unseen characters; chance is 0.5 (the full demo reaches > 0.9)
+    assert abs(s["onnx_accuracy"] - s["accuracy"]) <= 0.005, "the exported ONNX model verifies like the checkpoint"
+    for p in s["plots"]:
+        assert open(p, "rb").read(8) == b"\x89PNG\r\n\x1a\n"
+    assert os.path.isfile(s["onnx"]) and os.path.isfile(os.path.join(s["checkpoint"], "manifest.json"))
+    assert (out / "data" / "train.rec").stat().st_size > 0 and (out / "data" / "fontfaces_val.bin").exists()
+    assert "verification accuracy" in proc.stdout
+    # a second run into the same folder is refused unless --force
+    again = subprocess.run([sys.executable, "-c", "import sys; from plsc.demo.run import main; sys.exit(main())",
+                            "--quick", "--out", str(out)], capture_output=True, text=True, timeout=60)
+    assert again.returncode == 2 and "already holds a demo run" in again.stderr
