@@ -29,6 +29,7 @@ class SparseMomentum:
         self.velocity = paddle.zeros_like(head.weight)
         self._parts = []      # (index or None, grad) per accumulated micro-batch
         self._merged = None
+        self._rows = None     # weight rows gathered by the forward (reused by a single-part step)
 
     # ------------------------------------------------------------------ gradients
     def accumulate(self):
@@ -36,6 +37,9 @@ class SparseMomentum:
         sampled = self.head.sampled
         if sampled is not None and sampled.grad is not None:
             self._parts.append((self.head.index, sampled.grad))
+            # the rows as gathered in the forward: still the current weights, so a single-part
+            # step reuses them instead of gathering again
+            self._rows = sampled.detach() if len(self._parts) == 1 and self.head.index is not None else None
         self.head.sampled = None
         self._merged = None
 
@@ -65,7 +69,7 @@ class SparseMomentum:
         return [] if merged is None else [(self.head.weight_name, merged[1])]
 
     def clear_grad(self):
-        self._parts, self._merged = [], None
+        self._parts, self._merged, self._rows = [], None, None
 
     # ------------------------------------------------------------------ update
     @paddle.no_grad()
@@ -83,7 +87,9 @@ class SparseMomentum:
                 w_rows, v_rows = w[a:b], v[a:b]
             else:
                 idx = paddle.to_tensor(index[a:b])
-                w_rows, v_rows = paddle.gather(w, idx), paddle.gather(v, idx)
+                reuse = self._rows is not None and len(self._parts) == 1
+                w_rows = self._rows[a:b] if reuse else paddle.gather(w, idx)
+                v_rows = paddle.gather(v, idx)
             if wd:
                 g = g + wd * w_rows
             v_rows = v_rows.scale_(mu).add_(g) if index is not None else mu * v_rows + g
