@@ -21,20 +21,23 @@ _BN_TYPES = (paddle.nn.BatchNorm1D, paddle.nn.BatchNorm2D)
 _SYNC_CLASSES = {}
 
 
+def _summed(t):
+    out = t.clone()
+    if world_size() > 1:
+        dist.all_reduce(out)
+    return out
+
+
 class _AllReduceSum(PyLayer):
+    """Sum over ranks; the gradient of a sum is the sum of the gradients."""
+
     @staticmethod
     def forward(ctx, x):
-        y = x.clone()
-        if world_size() > 1:
-            dist.all_reduce(y)
-        return y
+        return _summed(x)
 
     @staticmethod
     def backward(ctx, grad):
-        g = grad.clone()
-        if world_size() > 1:
-            dist.all_reduce(g)
-        return g
+        return _summed(grad)
 
 
 def _sync_forward(self, x):
