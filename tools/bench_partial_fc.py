@@ -136,6 +136,7 @@ def main():
     p.add_argument("--batch", type=int, default=128, help="batch per rank")
     p.add_argument("--dim", type=int, default=512)
     p.add_argument("--steps", type=int, default=5)
+    p.add_argument("--force", action="store_true", help="run even when the memory estimate exceeds 90%% of RAM")
     args = p.parse_args()
     if args.one:
         return one(args)
@@ -143,7 +144,7 @@ def main():
     rows = []
     for classes, world, ratio in grid:
         need = estimate_bytes(classes, world, ratio, args.batch, args.dim) * world
-        if need > 0.9 * HOST_BYTES:
+        if need > 0.9 * HOST_BYTES and not args.force:
             rows.append({"classes": classes, "world": world, "ratio": ratio, "batch": args.batch,
                          "skipped": f"needs ~{need / 2 ** 30:.0f} GiB of {HOST_BYTES / 2 ** 30:.0f}"})
         else:

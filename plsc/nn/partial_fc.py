@@ -30,6 +30,7 @@ from plsc.nn.softmax_ce import sharded_softmax_ce
 
 INIT_STD = 0.01
 _INIT_BLOCK = 1 << 16  # classes per init block: the initial weights do not depend on the world size
+_CHUNK = 1 << 17       # rows per chunk where a [rows, D] temporary would otherwise be allocated
 
 
 def init_rows(seed, start, end, dim):
@@ -70,7 +71,8 @@ class _CosineLogits(PyLayer):
             return grad_x, None
         coef = (grad * cos).sum(axis=0) * inv * inv       # [K]
         grad_w = paddle.matmul(gs, x, transpose_x=True)   # [K, D]
-        grad_w.subtract_(w * coef.unsqueeze(1))
+        for a in range(0, w.shape[0], _CHUNK):  # in place, chunk by chunk (slices are views)
+            grad_w[a:a + _CHUNK].subtract_(w[a:a + _CHUNK] * coef[a:a + _CHUNK].unsqueeze(1))
         return grad_x, grad_w
 
 
