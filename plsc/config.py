@@ -178,7 +178,7 @@ def _builder_params(builder):
 
 # kwargs the engine passes itself; a config must not set them
 _INJECTED = {"DATASETS": {"seed"}, "SAMPLERS": {"dataset", "rank", "world_size", "seed"},
-             "OPTIMIZERS": set(), "LR_SCHEDULERS": {"steps_per_epoch", "epochs"}}
+             "OPTIMIZERS": {"model", "learning_rate", "multi_precision"}, "LR_SCHEDULERS": {"steps_per_epoch", "epochs"}}
 
 
 def _check_kwargs(registry_name, name, kwargs, path, extra=()):
