@@ -210,3 +210,46 @@ def test_bad_input_and_config():
         build_head(cfg, [{"MarginLoss": {"model_parallel": False}}])
     with pytest.raises(ConfigError, match="m2 .* must be in"):
         build_head(cfg, [{"MarginLoss": {"m2": -0.5}}])
+
+
+def test_sparse_adamw_dense_step_equals_paddle_adamw_and_skips_unsampled_rows():
+    from plsc.optim.sparse_momentum import build_sparse_optimizer
+
+    cfg = {"num_features": 5, "class_num": 7, "pfc_config": {"sample_ratio": 1.0, "model_parallel": True}}
+    head = build_head(cfg, [{"MarginLoss": {}}], seed=1)
+    ref = paddle.create_parameter([7, 5], "float32")
+    ref.set_value(head.weight.numpy())
+    adamw = paddle.optimizer.AdamW(0.01, parameters=[ref], weight_decay=0.05)
+    opt = build_sparse_optimizer({"name": "AdamW", "weight_decay": 0.05}, head)
+    assert type(opt).__name__ == "SparseAdamW"
+    rng = np.random.default_rng(2)
+    for _ in range(3):
+        x, y = rng.standard_normal((4, 5)).astype(np.float32), rng.integers(0, 7, 4)
+        head(paddle.to_tensor(x), paddle.to_tensor(y)).backward()
+        opt.accumulate()
+        (ref * opt.grads()[0].detach()).sum().backward()
+        adamw.step()
+        adamw.clear_grad()
+        opt.step(0.01)
+        opt.clear_grad()
+        _close(head.weight.numpy(), ref.numpy(), rtol=1e-6)
+    # sampled: rows never used keep weight and both moments; the state survives a shard round trip
+    cfg = {"num_features": 6, "class_num": 300, "pfc_config": {"sample_ratio": 0.05, "model_parallel": True}}
+    head = build_head(cfg, [{"MarginLoss": {}}], seed=9)
+    opt = build_sparse_optimizer({"name": "AdamW", "weight_decay": 0.05}, head)
+    w0, used = head.weight.numpy().copy(), np.zeros(300, bool)
+    for _ in range(3):
+        head(paddle.to_tensor(rng.standard_normal((8, 6)).astype(np.float32)),
+             paddle.to_tensor(rng.integers(0, 300, 8))).backward()
+        opt.accumulate()
+        used[head.index] = True
+        opt.step(0.01)
+        opt.clear_grad()
+    assert used.sum() < 300
+    assert np.array_equal(head.weight.numpy()[~used], w0[~used])
+    assert not opt.slots["moment1"].numpy()[~used].any() and opt.slots["moment2"].numpy()[used].any()
+    state = opt.shard_state()
+    twin = build_sparse_optimizer({"name": "AdamW", "weight_decay": 0.05},
+                                  build_head(cfg, [{"MarginLoss": {}}], seed=4))
+    twin.load_shards([state])
+    assert twin.num_steps == 3 and np.array_equal(twin.slots["moment2"].numpy(), opt.slots["moment2"].numpy())

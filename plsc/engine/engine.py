@@ -26,7 +26,7 @@ from plsc.errors import ConfigError, PlscError
 from plsc.nn import build_head
 from plsc.optim.lr import build_lr_schedule
 from plsc.optim.optimizers import build_optimizer
-from plsc.optim.sparse_momentum import SparseMomentum
+from plsc.optim.sparse_momentum import build_sparse_optimizer
 
 
 class Engine:
@@ -69,10 +69,7 @@ class Engine:
                                               multi_precision=self.amp.level == "O2")
         self.backbone, self.opt = self.amp.decorate(self.backbone, self.opt,
                                                     excluded_layers=self.backbone.fp32_layers())
-        o = cfg["Optimizer"]
-        self.head_opt = SparseMomentum(self.head, momentum=o.get("momentum", 0.9),
-                                       weight_decay=o.get("weight_decay", 5e-4),
-                                       multi_precision=self.amp.level == "O2")
+        self.head_opt = build_sparse_optimizer(cfg["Optimizer"], self.head, multi_precision=self.amp.level == "O2")
         self.scaler = LossScaler.from_config(cfg["FP16"])
         broadcast_from_rank0(self.backbone)
         self.global_batch = cfg["DataLoader"]["Train"]["sampler"]["batch_size"] * self.world_size * g["accum_steps"]

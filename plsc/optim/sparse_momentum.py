@@ -12,6 +12,10 @@ their momentum bit for bit: a row's momentum changes only when the row is sample
 v2 instead decays every row's momentum each step; here an unsampled class is simply not part of
 that step). The weight and the momentum are the only [rows, D] tensors: 8 bytes x D per class
 in fp32, no dense gradient of the shard.
+
+SparseAdamW is the same idea for AdamW configs (FaceViT): the two moments of a row are updated
+only when the row is sampled ("lazy" Adam), bias correction uses the global step count, and
+decoupled weight decay applies to the sampled rows: 12 bytes x D per class.
 """
 import numpy as np
 import paddle
@@ -21,12 +25,16 @@ from plsc.errors import CheckpointError
 _CHUNK = 1 << 16  # rows updated at a time
 
 
-class SparseMomentum:
-    def __init__(self, head, momentum=0.9, weight_decay=5e-4, multi_precision=False):
+class _SparseRows:
+    """Shared machinery: gradient collection over micro-batches, row-wise update, shard state."""
+
+    slot_names = ()
+
+    def __init__(self, head, multi_precision=False):
         self.head = head
-        self.momentum, self.weight_decay = float(momentum), float(weight_decay)
         self.multi_precision = multi_precision  # the FC weight is always fp32 (it is its own master copy)
-        self.velocity = paddle.zeros_like(head.weight)
+        self.slots = {name: paddle.zeros_like(head.weight) for name in self.slot_names}
+        self.num_steps = 0
         self._parts = []      # (index or None, grad) per accumulated micro-batch
         self._merged = None
         self._rows = None     # weight rows gathered by the forward (reused by a single-part step)
@@ -77,35 +85,39 @@ class SparseMomentum:
         merged = self._merge()
         if merged is None:
             return
+        self.num_steps += 1
         index, grad = merged
-        w, v, mu, wd = self.head.weight, self.velocity, self.momentum, self.weight_decay
+        w = self.head.weight
         rows = grad.shape[0]
         for a in range(0, rows, _CHUNK):  # chunks bound the temporaries at millions of rows
             b = min(rows, a + _CHUNK)
-            g = grad[a:b]
             if index is None:
-                w_rows, v_rows = w[a:b], v[a:b]
+                w_rows = w[a:b]
+                slot_rows = {n: t[a:b] for n, t in self.slots.items()}
             else:
                 idx = paddle.to_tensor(index[a:b])
                 reuse = self._rows is not None and len(self._parts) == 1
                 w_rows = self._rows[a:b] if reuse else paddle.gather(w, idx)
-                v_rows = paddle.gather(v, idx)
-            if wd:
-                g = g + wd * w_rows
-            v_rows = v_rows.scale_(mu).add_(g) if index is not None else mu * v_rows + g
-            w_rows = w_rows.subtract_(lr * v_rows) if index is not None else w_rows - lr * v_rows
+                slot_rows = {n: paddle.gather(t, idx) for n, t in self.slots.items()}
+            w_rows = self._update(w_rows, slot_rows, grad[a:b], lr)  # in place where it can
             if index is None:
-                v[a:b], w[a:b] = v_rows, w_rows
+                w[a:b] = w_rows
+                for n, t in self.slots.items():
+                    t[a:b] = slot_rows[n]
             else:
-                paddle.scatter_(v, idx, v_rows, overwrite=True)
+                for n, t in self.slots.items():
+                    paddle.scatter_(t, idx, slot_rows[n], overwrite=True)
                 paddle.scatter_(w, idx, w_rows, overwrite=True)
+
+    def _update(self, w_rows, slot_rows, g, lr):
+        raise NotImplementedError
 
     # ------------------------------------------------------------------ checkpoints
     def shard_state(self):
         h = self.head
-        arrays = {"weight": h.weight.numpy(), "momentum": self.velocity.numpy(),
-                  "class_range": np.array([h.start, h.end, h.num_classes], dtype=np.int64),
-                  "replicated": np.array(not h.model_parallel)}
+        arrays = {"weight": h.weight.numpy(), "class_range": np.array([h.start, h.end, h.num_classes], dtype=np.int64),
+                  "replicated": np.array(not h.model_parallel), "optimizer_steps": np.array(self.num_steps)}
+        arrays.update({name: t.numpy() for name, t in self.slots.items()})
         for k, val in h.extra_state().items():
             arrays[f"extra.{k}"] = np.array(val)
         return arrays
@@ -114,9 +126,10 @@ class SparseMomentum:
         """Fill this rank's rows from saved shards (an iterable of shard_state() dicts, in rank order).
 
         Works across world sizes: each saved shard contributes the rows that overlap this rank's
-        range, so a 2-rank checkpoint resumes on 1 or 4 ranks. weights_only: keep a fresh momentum."""
+        range, so a 2-rank checkpoint resumes on 1 or 4 ranks. weights_only: keep fresh optimizer state."""
         h = self.head
-        w, v = h.weight.numpy(), self.velocity.numpy()
+        w = h.weight.numpy()
+        slots = {name: t.numpy() for name, t in self.slots.items()}
         filled = np.zeros(h.num_local, dtype=bool)
         extra = None
         for i, s in enumerate(shards):
@@ -128,14 +141,73 @@ class SparseMomentum:
             if lo < hi and not filled[lo - h.start: hi - h.start].all():
                 w[lo - h.start: hi - h.start] = s["weight"][lo - start: hi - start]
                 if not weights_only:
-                    v[lo - h.start: hi - h.start] = s["momentum"][lo - start: hi - start]
+                    for name, arr in slots.items():
+                        if name not in s:
+                            raise CheckpointError(f"FC shard {i} has no '{name}' state (saved with another "
+                                                  f"optimizer?); use Global.pretrained_model to start it fresh")
+                        arr[lo - h.start: hi - h.start] = s[name][lo - start: hi - start]
                 filled[lo - h.start: hi - h.start] = True
             if extra is None:
                 extra = {k[len("extra."):]: s[k].item() for k in s if k.startswith("extra.")}
+                steps = s["optimizer_steps"].item() if "optimizer_steps" in s else 0
         if not filled.all():
             missing = np.flatnonzero(~filled)[0] + h.start
             raise CheckpointError(f"the saved FC shards do not cover class {missing} (shard files missing?)")
         paddle.assign(paddle.to_tensor(w), output=h.weight)
         if not weights_only:
-            paddle.assign(paddle.to_tensor(v), output=self.velocity)
+            for name, arr in slots.items():
+                paddle.assign(paddle.to_tensor(arr), output=self.slots[name])
+            self.num_steps = steps
             h.load_extra_state(extra or {})
+
+
+class SparseMomentum(_SparseRows):
+    """paddle.optimizer.Momentum (L2 weight decay added to the gradient) on the sampled rows."""
+
+    slot_names = ("momentum",)
+
+    def __init__(self, head, momentum=0.9, weight_decay=5e-4, multi_precision=False):
+        super().__init__(head, multi_precision)
+        self.momentum, self.weight_decay = float(momentum), float(weight_decay)
+
+    @property
+    def velocity(self):
+        return self.slots["momentum"]
+
+    def _update(self, w_rows, slot_rows, g, lr):
+        if self.weight_decay:
+            g = g + self.weight_decay * w_rows
+        slot_rows["momentum"] = slot_rows["momentum"].scale_(self.momentum).add_(g)
+        return w_rows.subtract_(lr * slot_rows["momentum"])
+
+
+class SparseAdamW(_SparseRows):
+    """paddle.optimizer.AdamW (decoupled weight decay) on the sampled rows, lazily."""
+
+    slot_names = ("moment1", "moment2")
+
+    def __init__(self, head, beta1=0.9, beta2=0.999, epsilon=1e-8, weight_decay=0.01, multi_precision=False):
+        super().__init__(head, multi_precision)
+        self.beta1, self.beta2, self.epsilon, self.weight_decay = float(beta1), float(beta2), float(epsilon), \
+            float(weight_decay)
+
+    def _update(self, w_rows, slot_rows, g, lr):
+        b1, b2, t = self.beta1, self.beta2, self.num_steps
+        m = slot_rows["moment1"].scale_(b1).add_(g * (1 - b1))
+        v = slot_rows["moment2"].scale_(b2).add_(g * g * (1 - b2))
+        slot_rows["moment1"], slot_rows["moment2"] = m, v
+        if self.weight_decay:
+            w_rows = w_rows.scale_(1 - lr * self.weight_decay)
+        step = lr * ((1 - b2 ** t) ** 0.5) / (1 - b1 ** t)
+        return w_rows.subtract_(m * step / (paddle.sqrt(v) + self.epsilon * ((1 - b2 ** t) ** 0.5)))
+
+
+def build_sparse_optimizer(optimizer_cfg, head, multi_precision=False):
+    """The FC shard's optimizer matching the backbone's: Momentum -> SparseMomentum, AdamW -> SparseAdamW."""
+    o = optimizer_cfg
+    if o["name"] == "AdamW":
+        return SparseAdamW(head, beta1=o.get("beta1", 0.9), beta2=o.get("beta2", 0.999),
+                           epsilon=o.get("epsilon", 1e-8), weight_decay=o.get("weight_decay", 0.01),
+                           multi_precision=multi_precision)
+    return SparseMomentum(head, momentum=o.get("momentum", 0.9), weight_decay=o.get("weight_decay", 5e-4),
+                          multi_precision=multi_precision)

@@ -35,33 +35,39 @@ def merge(shards):
     if first["replicated"].item():
         return dict(first)
     dim = first["weight"].shape[1]
-    weight = np.empty((classes, dim), np.float32)
-    momentum = np.empty((classes, dim), np.float32)
+    rows = ["weight"] + row_slots(first)
+    full = {k: np.empty((classes, dim), np.float32) for k in rows}
     covered = np.zeros(classes, bool)
     for i, s in enumerate(shards):
         start, end, c = (x.item() for x in s["class_range"])
-        if c != classes or s["weight"].shape != (end - start, dim):
+        if c != classes or s["weight"].shape != (end - start, dim) or row_slots(s) != rows[1:]:
             raise CheckpointError(f"FC shard {i} does not fit the others ({c} classes, rows [{start}, {end}), "
-                                  f"weight {s['weight'].shape})")
-        weight[start:end], momentum[start:end] = s["weight"], s["momentum"]
+                                  f"weight {s['weight'].shape}, state {row_slots(s)})")
+        for k in rows:
+            full[k][start:end] = s[k]
         covered[start:end] = True
     if not covered.all():
         raise CheckpointError(f"the FC shards do not cover class {np.flatnonzero(~covered)[0]}")
-    out = {k: v for k, v in first.items() if k.startswith("extra.")}
-    out.update(weight=weight, momentum=momentum, class_range=np.array([0, classes, classes], np.int64),
-               replicated=np.array(False))
+    out = {k: v for k, v in first.items() if k not in rows and k != "class_range"}
+    out.update(full, class_range=np.array([0, classes, classes], np.int64), replicated=np.array(False))
     return out
+
+
+def row_slots(shard):
+    """Names of the per-row optimizer arrays in a shard (momentum; or moment1, moment2)."""
+    return sorted(k for k, v in shard.items() if k != "weight" and getattr(v, "ndim", 0) == 2)
 
 
 def split(full, world_size):
     classes = full["class_range"][2].item()
     if world_size < 1 or world_size > classes:
         raise PlscError(f"--world-size must be in [1, {classes}] (the class count), got {world_size}")
-    extra = {k: v for k, v in full.items() if k.startswith("extra.")}
+    rows = ["weight"] + row_slots(full)
+    keep = {k: v for k, v in full.items() if k not in rows and k != "class_range"}
     shards = []
     for r in range(world_size):
         start, end = shard_range(classes, r, world_size)
-        shards.append(dict(extra, weight=full["weight"][start:end], momentum=full["momentum"][start:end],
+        shards.append(dict(keep, **{k: full[k][start:end] for k in rows},
                            class_range=np.array([start, end, classes], np.int64), replicated=np.array(False)))
     return shards
 
