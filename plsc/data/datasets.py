@@ -14,7 +14,7 @@ import numpy as np
 
 from plsc.data.bin import load_bin
 from plsc.data.label_files import read_pair_labels, read_train_labels
-from plsc.data.recordio import IndexedRecordIO
+from plsc.data.recordio import IndexedRecordIO, label_of
 from plsc.data.transforms import DEFAULT_OPS, SampleRandom, build_transforms
 from plsc.errors import DataError
 from plsc.registry import DATASETS
@@ -62,7 +62,7 @@ class FaceRecordIODataset(_FaceDataset):
     def __getitem__(self, index):
         key = int(self.image_keys[index])
         _, label, _, _, payload = self.rec.read(key)
-        label = int(label if np.ndim(label) == 0 else label[0])
+        label = label_of(label, f"{self.rec.rec_path}: key {key}")
         if not 0 <= label < self.num_classes:
             raise DataError(f"{self.rec.rec_path}: key {key}: label {label} outside [0, {self.num_classes})")
         return self._apply(payload, index, f"{self.rec.rec_path}: key {key}"), np.int64(label)
@@ -73,9 +73,10 @@ def describe(rec):
     if 0 in rec:
         flag, label, _, _, payload = rec.read(0)
         if flag >= 2 and not payload:
-            first_id, end_id = int(label[0]), int(label[1])
-            if not 1 <= first_id <= end_id:
-                raise DataError(f"{rec.rec_path}: key 0: identity key range [{first_id}, {end_id}) is invalid")
+            first_id, end_id = (label_of(label[i:], f"{rec.rec_path}: key 0: identity key range") for i in (0, 1))
+            if not 1 <= first_id <= end_id <= len(rec):  # keys 0 .. end_id - 1 must all be in the index
+                raise DataError(f"{rec.rec_path}: key 0: identity key range [{first_id}, {end_id}) is invalid "
+                                f"for an index of {len(rec)} records")
             missing = [k for k in (1, first_id - 1, first_id, end_id - 1) if 0 < k < end_id and k not in rec]
             if missing:
                 raise DataError(f"{rec.idx_path}: key {missing[0]} is missing: record 0 says images are keys "
@@ -85,7 +86,7 @@ def describe(rec):
     max_label = -1
     for k in keys:  # plain im2rec: the class count is the largest label + 1 (headers only)
         _, label, _, _ = rec.read_header(k)
-        max_label = max(max_label, int(label if np.ndim(label) == 0 else label[0]))
+        max_label = max(max_label, label_of(label, f"{rec.rec_path}: key {k}"))
     return "im2rec", keys, max_label + 1
 
 

@@ -15,6 +15,7 @@ insightface's (record 0: flag 2, label = [first identity key, end identity key);
 and plain im2rec's (every record an image, flag 0, label = class).
 """
 import os
+import re
 import struct
 
 import numpy as np
@@ -26,6 +27,8 @@ _MAGIC_BYTES = struct.pack("<I", MAGIC)
 _LREC = struct.Struct("<II")
 HEADER = struct.Struct("<IfQQ")
 MAX_PART = (1 << 29) - 1
+_I64_MIN, _I64_MAX = -(1 << 63), (1 << 63) - 1
+_INT = re.compile(rb"[-+]?[0-9]{1,19}")
 
 
 def pack_header(label, id=0, id2=0):
@@ -110,25 +113,39 @@ def read_idx(path):
     if not os.path.isfile(path):
         raise DataError(f"index file not found: {path}")
     keys, offs = [], []
-    with open(path, "r") as f:
-        for lineno, line in enumerate(f, 1):
-            line = line.strip()
+    with open(path, "rb") as f:
+        for lineno, raw in enumerate(f, 1):
+            line = raw.strip()
             if not line:
                 continue
-            fields = line.split("\t")
+            fields = line.split(b"\t")
             try:
-                if len(fields) != 2:
+                if len(fields) != 2 or not all(_INT.fullmatch(x.strip()) for x in fields):
                     raise ValueError
-                keys.append(int(fields[0]))
-                offs.append(int(fields[1]))
+                key, off = int(fields[0]), int(fields[1])
+                if not (_I64_MIN <= key <= _I64_MAX and _I64_MIN <= off <= _I64_MAX):
+                    raise ValueError
             except ValueError:
-                raise DataError(f"{path}: line {lineno}: expected 'key<TAB>offset', got {line[:80]!r}") from None
+                raise DataError(f"{path}: line {lineno}: expected 'key<TAB>offset' (64-bit integers), "
+                                f"got {line[:80].decode('latin-1')!r}") from None
+            keys.append(key)
+            offs.append(off)
     if not keys:
         raise DataError(f"{path}: the index is empty")
     keys, offs = np.asarray(keys, np.int64), np.asarray(offs, np.int64)
     if len(np.unique(keys)) != len(keys):
         raise DataError(f"{path}: duplicate keys in the index")
     return keys, offs
+
+
+def label_of(label, where):
+    """The integer class of a record's label (float or float32 array, first value) -> int.
+
+    NaN, inf and non-integer values are corrupt labels, not classes (int() would crash or round)."""
+    value = float(label if np.ndim(label) == 0 else (label[0] if len(label) else np.nan))
+    if not np.isfinite(value) or value != int(value):
+        raise DataError(f"{where}: label {value} is not an integer class")
+    return int(value)
 
 
 class IndexedRecordIO:
@@ -184,6 +201,10 @@ class IndexedRecordIO:
         off, end = self._span[key]
         buf = os.pread(self._handle(), end - off, off)
         payload, used = parse_record(buf, self.rec_path, key, off)
+        if used != len(buf) and end != self.size:  # records are contiguous: nothing may lie between two
+            raise DataError(f"{self.rec_path}: key {key}: byte offset {off}: the record ends at byte {off + used} "
+                            f"but the next indexed record starts at {end}: a corrupt length field, or an .idx "
+                            f"that does not belong to this .rec")
         return (payload, used) if with_size else payload
 
     def read_header(self, key):

@@ -15,13 +15,13 @@ import cv2
 import numpy as np
 
 from plsc.data.datasets import describe
-from plsc.data.recordio import IndexedRecordIO
+from plsc.data.recordio import IndexedRecordIO, label_of
 from plsc.errors import DataError, PlscError
 
 
 def check_record(rec, key, num_classes):
     _, label, _, _, payload = rec.read(key)
-    label = int(label if np.ndim(label) == 0 else label[0])
+    label = label_of(label, f"{rec.rec_path}: key {key}")
     if not 0 <= label < num_classes:
         raise DataError(f"{rec.rec_path}: key {key}: label {label} outside [0, {num_classes})")
     img = cv2.imdecode(np.frombuffer(payload, np.uint8), cv2.IMREAD_COLOR) if payload else None

@@ -10,11 +10,9 @@ import argparse
 import os
 import sys
 
-import numpy as np
-
 from plsc.data.datasets import describe
 from plsc.data.label_files import check_outputs, sniff_ext
-from plsc.data.recordio import IndexedRecordIO
+from plsc.data.recordio import IndexedRecordIO, label_of
 from plsc.errors import PlscError
 
 
@@ -27,7 +25,7 @@ def unpack_rec(rec_dir, out_dir, name="train", force=False):
     with open(label_path + ".part", "w") as f:
         for key in keys:
             _, label, _, _, payload = rec.read(key)
-            label = int(label if np.ndim(label) == 0 else label[0])
+            label = label_of(label, f"{rec.rec_path}: key {key}")
             fname = f"{int(key):08d}{sniff_ext(payload)}"
             with open(os.path.join(image_dir, fname), "wb") as img:
                 img.write(payload)
