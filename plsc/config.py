@@ -1,6 +1,6 @@
 """Load a YAML config: `_base_` inheritance, `-o` overrides, validation against the schema.
 
-    cfg = load_config("configs/ms1mv3/IResNet50_arcface.yaml", ["Global.epochs=1"])
+    cfg = load_config("configs/ms1mv3/IResNet50_MS1MV3_ArcFace_pfc10_1n8c_dp_mp_fp16o1.yaml", ["Global.epochs=1"])
 
 The result is a plain nested dict in which every key of plsc/config_schema.py is present (with
 its default when the file does not set it). Unknown keys, wrong types and unknown registered
@@ -37,11 +37,46 @@ class _Loader(yaml.SafeLoader):
 _Loader.yaml_implicit_resolvers = {k: [r for r in v if r[0] != "tag:yaml.org,2002:float"]
                                    for k, v in yaml.SafeLoader.yaml_implicit_resolvers.items()}
 _Loader.add_implicit_resolver("tag:yaml.org,2002:float", _FLOAT_RE, list("-+0123456789."))
+# PLSC's configs write Python's None (e.g. Export.input_shape: [None, 3, 112, 112]): read it as null
+_Loader.add_implicit_resolver("tag:yaml.org,2002:null", re.compile(r"^None$"), ["N"])
+
+
+MAX_VALUES, MAX_DEPTH = 100_000, 64  # a config is small; YAML aliases must not expand it beyond this
+
+
+def _check_size(data, source):
+    """Count values as if aliases were expanded (`&a [*a]` and alias bombs stop at the limits)."""
+    count, stack = 0, [(data, 1)]
+    while stack:
+        node, depth = stack.pop()
+        count += 1
+        if count > MAX_VALUES or depth > MAX_DEPTH:
+            raise ConfigError(f"{source}: the YAML expands to more than {MAX_VALUES} values or nests deeper than "
+                              f"{MAX_DEPTH} levels (recursive or repeated aliases?)")
+        if isinstance(node, dict):
+            stack.extend((v, depth + 1) for kv in node.items() for v in kv)
+        elif isinstance(node, list):
+            stack.extend((v, depth + 1) for v in node)
+    return data
+
+
+def _check_brackets(text, source):
+    """Refuse deeply nested flow collections before PyYAML recurses through them."""
+    depth = 0
+    for ch in re.sub(r"[^\[\]{}]", "", text):
+        depth = depth + 1 if ch in "[{" else max(0, depth - 1)
+        if depth > MAX_DEPTH:
+            raise ConfigError(f"{source}: '[' / '{{' nested deeper than {MAX_DEPTH} levels")
 
 
 def parse_yaml_text(text, source):
+    _check_brackets(text, source)
     try:
-        return yaml.load(text, Loader=_Loader)
+        return _check_size(yaml.load(text, Loader=_Loader), source)
+    except RecursionError:
+        raise ConfigError(f"{source}: the YAML nests too deeply") from None
+    except ValueError as e:  # a constructor refusing a scalar, e.g. an integer of more than 4300 digits
+        raise ConfigError(f"{source}: bad YAML value: {e}") from None
     except yaml.YAMLError as e:
         mark = getattr(e, "problem_mark", None)
         where = f"{source}:{mark.line + 1}:{mark.column + 1}" if mark else source
@@ -61,8 +96,13 @@ def _read_yaml(path, stack):
     if not os.path.isfile(path):
         where = f" (a _base_ of {stack[-1]})" if stack else ""
         raise ConfigError(f"config file not found: {path}{where}")
-    with open(path, encoding="utf-8") as f:
-        data = parse_yaml_text(f.read(), path)
+    with open(path, "rb") as f:
+        raw = f.read()
+    try:
+        text = raw.decode("utf-8")
+    except UnicodeDecodeError as e:
+        raise ConfigError(f"{path}: not UTF-8 text ({e.reason} at byte {e.start})") from None
+    data = parse_yaml_text(text, path)
     if data is None:
         data = {}
     if not isinstance(data, dict):
