@@ -8,21 +8,28 @@ import os
 
 from plsc.errors import DataError
 
+MAX_LABEL = 2**31 - 1  # class ids are int32-sized (millions of identities, never billions)
+
 
 def safe_relpath(rel, where):
     """Refuse absolute paths and `..` components so a label file cannot reach outside its root."""
     norm = rel.replace("\\", "/")
     if not norm or os.path.isabs(rel) or norm.startswith("/") or ".." in norm.split("/"):
         raise DataError(f"{where}: path {rel!r} must be relative to the image root and must not contain '..'")
+    if "\0" in rel:
+        raise DataError(f"{where}: path {rel!r} contains a NUL character")
     return rel
 
 
 def _lines(path):
     if not os.path.isfile(path):
         raise DataError(f"label file not found: {path}")
-    with open(path, "r", encoding="utf-8") as f:
-        for lineno, line in enumerate(f, 1):
-            line = line.rstrip("\r\n")
+    with open(path, "rb") as f:
+        for lineno, raw in enumerate(f, 1):
+            try:
+                line = raw.decode("utf-8").rstrip("\r\n")
+            except UnicodeDecodeError as e:
+                raise DataError(f"{path}: line {lineno}: not UTF-8 text ({e.reason} at byte {e.start})") from None
             if line.strip():
                 yield lineno, line
 
@@ -43,8 +50,8 @@ def read_train_labels(path, delimiter="\t"):
             raise DataError(f"{path}: line {lineno}: expected 'path{delimiter!r}label' (2 fields split by "
                             f"{delimiter!r}), got {line[:120]!r}")
         label = _int(fields[1], path, lineno, "label")
-        if label < 0:
-            raise DataError(f"{path}: line {lineno}: label {label} is negative")
+        if not 0 <= label <= MAX_LABEL:
+            raise DataError(f"{path}: line {lineno}: label {label} is outside [0, {MAX_LABEL}]")
         paths.append(safe_relpath(fields[0].strip(), f"{path}: line {lineno}"))
         labels.append(label)
     if not paths:

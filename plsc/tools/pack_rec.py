@@ -21,6 +21,7 @@ from plsc.data.recordio import IndexedRecordIOWriter, pack
 from plsc.errors import DataError, PlscError
 
 _IMAGE_EXT = (".jpg", ".jpeg", ".png", ".bmp")
+MAX_EXACT_LABEL = 1 << 24
 
 
 def list_folder(root):
@@ -30,12 +31,19 @@ def list_folder(root):
     ids = sorted(d for d in os.listdir(root) if os.path.isdir(os.path.join(root, d)))
     if not ids:
         raise DataError(f"{root}: no identity subfolders (expected one folder per identity)")
-    paths, labels = [], []
+    paths, labels, ignored = [], [], []
     for label, d in enumerate(ids):
-        for name in sorted(os.listdir(os.path.join(root, d))):
-            if name.lower().endswith(_IMAGE_EXT):
-                paths.append(f"{d}/{name}")
-                labels.append(label)
+        names = sorted(os.listdir(os.path.join(root, d)))
+        images = [n for n in names if n.lower().endswith(_IMAGE_EXT)]
+        ignored += [f"{d}/{n}" for n in names if n not in images]
+        if not images:
+            raise DataError(f"{root}/{d}: identity folder without images ({', '.join(_IMAGE_EXT)}); remove it "
+                            f"(every folder becomes a class, an empty class cannot be trained)")
+        paths += [f"{d}/{n}" for n in images]
+        labels += [label] * len(images)
+    if ignored:
+        print(f"plsc-pack-rec: ignored {len(ignored)} non-image entries (not {', '.join(_IMAGE_EXT)}), e.g. "
+              f"{', '.join(ignored[:3])}", file=sys.stderr)
     if not paths:
         raise DataError(f"{root}: no images ({', '.join(_IMAGE_EXT)}) in the identity subfolders")
     return paths, labels
@@ -67,11 +75,16 @@ def pack_images(paths, labels, image_root, out_dir, encode="keep", quality=95, w
         raise DataError(f"--encode must be keep, jpg or png, got {encode!r}")
     if not 1 <= quality <= 100:
         raise DataError(f"--quality must be in [1, 100], got {quality}")
+    if not name or os.path.basename(name) != name or name in (".", ".."):
+        raise DataError(f"--name must be a file stem without a folder, got {name!r}")
+    num_classes = max(labels) + 1
+    if num_classes > MAX_EXACT_LABEL:  # IRHeader labels are float32: larger ids would be rounded
+        raise DataError(f"label {num_classes - 1} is too large: RecordIO stores labels as float32, exact only "
+                        f"below {MAX_EXACT_LABEL}")
     outs = [os.path.join(out_dir, name + ext) for ext in (".rec", ".idx", ".lst")]
     check_outputs(outs, force)
     os.makedirs(out_dir, exist_ok=True)
     order = sorted(range(len(paths)), key=lambda i: (labels[i], i))
-    num_classes = max(labels) + 1
     jobs = [(os.path.join(image_root, safe_relpath(paths[i], image_root)), encode, quality) for i in order]
     tmp = [p + ".part" for p in outs]
     pool = Pool(workers) if workers > 1 else None
