@@ -1,6 +1,6 @@
 """Console scripts: plsc-train, plsc-eval, plsc-export (one argument parser for all three).
 
-    plsc-train -c configs/ms1mv3/IResNet50_arcface.yaml -o Global.epochs=1
+    plsc-train -c configs/ms1mv3/IResNet50_MS1MV3_ArcFace_pfc10_1n8c_dp_mp_fp16o1.yaml -o Global.epochs=1
     python -m paddle.distributed.launch --nproc_per_node=2 plsc-train -c ... -o ...
 
 A user error (bad config, missing file, bad data) prints one message and exits with code 2.

@@ -1,5 +1,6 @@
 """Checkpoints: resume at another world size (2 -> 1 -> 2, C % W != 0), fine-tuning, bad checkpoints."""
 import os
+import re
 import shutil
 
 import numpy as np
@@ -168,3 +169,15 @@ def test_interrupted_save_falls_back_to_previous(trained, tmp_path):
     out = plsc("train", "-c", SMOKE, "-o", f"Global.output_dir={tmp_path / 'o'}", "-o", "Global.max_train_step=4",
                "-o", f"Global.checkpoint={run / 'latest'}")
     assert sorted(losses(out.stdout)) == [4]
+
+
+def test_resume_with_another_global_batch_keeps_the_epoch_position(tmp_path):
+    """4 steps of 4 images = 16 samples; resumed with batches of 8 it starts at batch 2 of the epoch."""
+    plsc("train", "-c", SMOKE, "-o", f"Global.output_dir={tmp_path / 'a'}", "-o", "Global.max_train_step=4",
+         "-o", "DataLoader.Train.sampler.batch_size=4")
+    out = plsc("train", "-c", SMOKE, "-o", f"Global.output_dir={tmp_path / 'b'}", "-o", "Global.max_train_step=6",
+               "-o", "DataLoader.Train.sampler.batch_size=8",
+               "-o", f"Global.checkpoint={tmp_path / 'a' / 'IResNet18' / 'latest'}")
+    assert "global batch per step changed from 4 to 8 images: resuming epoch 0 at batch 2 (sample 16" in out.stdout
+    assert "read again" not in out.stdout
+    assert re.search(r"epoch 0 step 3/32 global_step 5 ", out.stdout), out.stdout[-2000:]

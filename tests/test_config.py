@@ -129,3 +129,8 @@ def test_cli_help_lists_sections():
     for section in ("Global", "FP16", "DistributedStrategy", "Model", "Loss", "LRScheduler", "Optimizer",
                     "DataLoader", "Metric", "Export"):
         assert section in out.stdout
+
+
+def test_python_none_in_plsc_configs_reads_as_null():
+    cfg = load_config(REFERENCE_COPY)
+    assert cfg["Export"]["input_shape"] == [None, 3, 112, 112]

@@ -115,3 +115,14 @@ def test_tools_run_as_modules(tmp_path):
     r = subprocess.run([sys.executable, "-m", "plsc.tools.inspect_rec", str(tmp_path / "missing")],
                        capture_output=True, text=True, cwd=os.path.dirname(os.path.dirname(__file__)))
     assert r.returncode == 2 and "record file not found" in r.stderr and "missing" in r.stderr
+
+
+def test_pack_refuses_empty_identity_and_reports_ignored_files(tmp_path, capsys):
+    make_folder(tmp_path / "faces")
+    first = sorted(os.listdir(tmp_path / "faces"))[0]
+    (tmp_path / "faces" / first / "notes.txt").write_text("x")
+    assert pack_rec.main([str(tmp_path / "faces"), str(tmp_path / "rec")]) == 0
+    assert "ignored 1 non-image entries" in capsys.readouterr().err
+    os.makedirs(tmp_path / "faces" / "zz_empty")
+    assert pack_rec.main([str(tmp_path / "faces"), str(tmp_path / "rec2")]) == 2
+    assert "zz_empty: identity folder without images" in capsys.readouterr().err

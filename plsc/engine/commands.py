@@ -28,7 +28,7 @@ def run_eval(cfg):
         log = setup_logger(None, rank)
         evaluator = Evaluator(cfg, rank, world_size, log)
         embed_fn = load_embedder(path)
-        run_dir = os.path.dirname(os.path.abspath(path))
+        run_dir = path if os.path.isdir(path) else os.path.dirname(os.path.abspath(path))
     else:
         engine = Engine(cfg, mode="eval")
         evaluator, embed_fn, rank, run_dir = engine.evaluator, engine.embed, engine.rank, engine.run_dir

@@ -46,6 +46,9 @@ class Engine:
         if cfg["DistributedStrategy"]["sync_bn"]:
             self.backbone = sync_batch_norms(self.backbone, self.device, self.log)
         self.amp = AmpPolicy.from_config(cfg["FP16"], self.device)
+        if self.amp.level != "O0" and not self.amp.effective:
+            self.log.warning(f"FP16.level={self.amp.level}: paddle.amp has no low-precision kernels on "
+                             f"{self.device}; this run computes in fp32 (loss scaling and its checks still run)")
         self.evaluator = Evaluator(cfg, self.rank, self.world_size, self.log)
         if mode == "train":
             self._build_training()

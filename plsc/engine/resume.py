@@ -26,6 +26,7 @@ def save_training(engine, final_dir):
         ckpt.save_json(os.path.join(tmp, "optimizer.json"), rest)
         ckpt.save_json(os.path.join(tmp, "state.json"), {
             "train_state": engine.state, "scaler": engine.scaler.state_dict(), "world_size": world_size,
+            "micro_global_batch": engine.cfg["DataLoader"]["Train"]["sampler"]["batch_size"] * world_size,
             "class_num": engine.cfg["Model"]["class_num"], "model": engine.cfg["Model"]["name"],
             "config": engine.cfg,
         })
@@ -58,11 +59,34 @@ def restore_training(engine, path):
     engine.scaler.set_state_dict(state["scaler"])
     engine.state.update(state["train_state"])
     engine.state.pop("last_saved_step", None)
+    _convert_data_position(engine, state)
     if state["world_size"] != engine.world_size:
         engine.log.info(f"re-sharded the FC from {state['world_size']} to {engine.world_size} rank(s)")
     engine.log.info(f"resumed from {d} at epoch {engine.state['epoch']}, global step "
                     f"{engine.state['global_step']}")
     barrier()
+
+
+def _convert_data_position(engine, state):
+    """Keep the position in the epoch when batch size x world size changed.
+
+    Every rank takes every W-th sample of one global order per epoch, so after k batches of
+    b images on W ranks exactly the first k*b*W samples of that order are consumed; the resumed
+    run starts at the batch that begins there."""
+    saved = state.get("micro_global_batch")
+    now = engine.cfg["DataLoader"]["Train"]["sampler"]["batch_size"] * engine.world_size
+    st, accum = engine.state, engine.cfg["Global"]["accum_steps"]
+    if not saved or saved == now or not st["batch_in_epoch"]:
+        return
+    samples = st["batch_in_epoch"] * saved
+    batch = samples // now
+    batch -= batch % accum
+    st["batch_in_epoch"] = batch
+    note = "" if batch * now == samples else (f"; {samples - batch * now} samples of the interrupted batch are "
+                                              f"read again (the new global batch does not divide the position)")
+    engine.log.warning(f"global batch per step changed from {saved} to {now} images: resuming epoch "
+                       f"{st['epoch']} at batch {batch} (sample {batch * now} of the epoch order){note}; the LR "
+                       f"schedule continues from global step {st['global_step']} with the new steps per epoch")
 
 
 def load_pretrained(engine, path):

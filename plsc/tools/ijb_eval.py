@@ -2,7 +2,7 @@
 
     plsc-ijb --model output/IResNet50/export/model.onnx --root ./ijb/IJBC --target IJBC --out ijbc_out
     plsc-ijb --model output/IResNet50/export --root ./ijb/IJBB --target IJBB       # Paddle inference model
-    plsc-ijb -c configs/ms1mv3/IResNet50_arcface.yaml -o Global.pretrained_model=output/IResNet50/best_model \\
+    plsc-ijb -c configs/ms1mv3/IResNet50_MS1MV3_ArcFace_pfc10_1n8c_dp_mp_fp16o1.yaml -o Global.pretrained_model=output/IResNet50/best_model \\
              --root ./ijb/IJBC --target IJBC                                       # training checkpoint
     python -m paddle.distributed.launch --nproc_per_node=8 plsc-ijb ...            # images split over ranks
 
