@@ -90,6 +90,8 @@ def _frombuffer(buf, dtype, shape, order):  # numpy's pickle protocol 5 path
 
 
 def _dtype(spec, align=False, copy=False):
+    if isinstance(spec, bytes):  # Python 2 numpy pickles, read with encoding="bytes"
+        spec = spec.decode("latin-1")
     if not isinstance(spec, str) or spec not in _DTYPES:
         raise _Refused(f"numpy dtype {spec!r} is not a plain bool/int/float dtype")
     return np.dtype(spec, False, True)  # always a private copy: BUILD must not touch numpy's singletons

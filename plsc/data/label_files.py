@@ -85,6 +85,23 @@ def check_outputs(paths, force):
         raise DataError(f"output already exists: {existing[0]} (pass --force to overwrite)")
 
 
+def make_dirs(path):
+    try:
+        os.makedirs(path, exist_ok=True)
+    except OSError as e:
+        raise DataError(f"cannot create output folder {path}: {e.strerror}") from None
+
+
+def output_path(out_dir, rel):
+    """out_dir/rel, refused when it resolves outside out_dir (a symbolic link planted in the output)."""
+    path = os.path.join(out_dir, rel)
+    root, real = os.path.realpath(out_dir), os.path.realpath(path)
+    if os.path.commonpath([root, real]) != root:
+        raise DataError(f"refusing to write {path}: it resolves to {real}, outside the output folder {out_dir} "
+                        f"(a symbolic link?)")
+    return path
+
+
 def sniff_ext(data):
     if data[:3] == b"\xff\xd8\xff":
         return ".jpg"

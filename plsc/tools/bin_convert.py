@@ -16,22 +16,22 @@ import cv2
 import numpy as np
 
 from plsc.data.bin import load_bin, save_bin
-from plsc.data.label_files import check_outputs, read_pair_labels, sniff_ext
+from plsc.data.label_files import check_outputs, make_dirs, output_path, read_pair_labels, sniff_ext
 from plsc.errors import DataError, PlscError
 
 
 def bin_to_pairs(bin_path, out_dir, flip=False, force=False):
     images, issame = load_bin(bin_path)
-    label_path, image_dir = os.path.join(out_dir, "label.txt"), os.path.join(out_dir, "images")
+    label_path, image_dir = output_path(out_dir, "label.txt"), output_path(out_dir, "images")
     check_outputs([label_path, image_dir], force)
-    os.makedirs(image_dir, exist_ok=True)
+    make_dirs(image_dir)
     lines, flipped = [], []
     for p, same in enumerate(issame):
         names = []
         for j in range(2):
             data = images[2 * p + j]
             name = f"images/{p:08d}_{j}{sniff_ext(data)}"
-            with open(os.path.join(out_dir, name), "wb") as f:
+            with open(output_path(out_dir, name), "wb") as f:
                 f.write(data)
             names.append(name)
             if flip:
@@ -39,7 +39,7 @@ def bin_to_pairs(bin_path, out_dir, flip=False, force=False):
                 if img is None:
                     raise DataError(f"{bin_path}: image {2 * p + j} cannot be decoded")
                 fname = f"images/{p:08d}_{j}_hflip.png"
-                cv2.imwrite(os.path.join(out_dir, fname), cv2.flip(img, 1))
+                cv2.imwrite(output_path(out_dir, fname), cv2.flip(img, 1))
                 flipped.append(fname)
         lines.append(f"{names[0]}\t{names[1]}\t{int(same)}\n")
     if flip:
@@ -68,7 +68,7 @@ def pairs_to_bin(pairs_dir, out_bin, label_file=None, drop_hflip=False, force=Fa
                 raise DataError(f"cannot decode image {path}")
             images.append(data)
         kept.append(same)
-    save_bin(out_bin + ".part", images, kept)
+    save_bin(output_path(os.path.dirname(out_bin) or ".", os.path.basename(out_bin) + ".part"), images, kept)
     os.replace(out_bin + ".part", out_bin)
     return len(kept)
 

@@ -16,7 +16,7 @@ from multiprocessing import Pool
 import cv2
 import numpy as np
 
-from plsc.data.label_files import check_outputs, read_train_labels, safe_relpath
+from plsc.data.label_files import check_outputs, make_dirs, output_path, read_train_labels, safe_relpath
 from plsc.data.recordio import IndexedRecordIOWriter, pack
 from plsc.errors import DataError, PlscError
 
@@ -81,12 +81,12 @@ def pack_images(paths, labels, image_root, out_dir, encode="keep", quality=95, w
     if num_classes > MAX_EXACT_LABEL:  # IRHeader labels are float32: larger ids would be rounded
         raise DataError(f"label {num_classes - 1} is too large: RecordIO stores labels as float32, exact only "
                         f"below {MAX_EXACT_LABEL}")
-    outs = [os.path.join(out_dir, name + ext) for ext in (".rec", ".idx", ".lst")]
+    outs = [output_path(out_dir, name + ext) for ext in (".rec", ".idx", ".lst")]
     check_outputs(outs, force)
-    os.makedirs(out_dir, exist_ok=True)
+    make_dirs(out_dir)
     order = sorted(range(len(paths)), key=lambda i: (labels[i], i))
     jobs = [(os.path.join(image_root, safe_relpath(paths[i], image_root)), encode, quality) for i in order]
-    tmp = [p + ".part" for p in outs]
+    tmp = [output_path(out_dir, os.path.basename(p) + ".part") for p in outs]
     pool = Pool(workers) if workers > 1 else None
     try:
         results = pool.imap(_encode, jobs, chunksize=64) if pool else map(_encode, jobs)
