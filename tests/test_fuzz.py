@@ -327,6 +327,15 @@ def test_bin_numpy_reconstruct_does_not_allocate_the_claimed_shape(shape, dtype)
     _run_bin(pickle.dumps(([b"a", b"b"], Forged()), protocol=2), max_bytes=8 * MB)
 
 
+def test_bin_python2_numpy_pickle():
+    """Python 2 writes numpy's dtype spec and byte order as byte strings (SHORT_BINSTRING)."""
+    data = pickle.dumps((BIN_IMAGES, np.array(BIN_SAME)), protocol=2)
+    py2 = data.replace(b"X\x02\x00\x00\x00b1", b"U\x02b1").replace(b"X\x01\x00\x00\x00|", b"U\x01|")
+    assert py2 != data
+    images, issame = _run_bin(py2)
+    assert images == BIN_IMAGES and issame.tolist() == BIN_SAME
+
+
 def test_bin_memo_index_and_shared_nesting_are_bounded():
     # EMPTY_LIST, LONG_BINPUT 2**31 (the C unpickler would size its memo table to that index), STOP
     assert isinstance(_run_bin(b"\x80\x02]r\x00\x00\x00\x80.", max_bytes=8 * MB), DataError)

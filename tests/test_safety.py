@@ -210,3 +210,33 @@ def test_outputs_are_never_overwritten_without_force(tmp_path, capsys):
     assert bin_convert.main(["to-bin", str(pairs), str(tmp_path / "new.bin"), "--force"]) == 0
     assert load_bin(str(tmp_path / "new.bin"))[0] == [png(0), png(1)]
     assert capsys.readouterr().err.count("--force") == 4
+
+
+def test_force_never_writes_through_a_planted_symlink(tmp_path, capsys):
+    """--force replaces outputs inside the folder; a symbolic link in the output pointing elsewhere
+    (images/ -> another folder, train.rec.part -> a file) is refused and the target stays untouched."""
+    _faces(tmp_path / "faces")
+    assert pack_rec.main([str(tmp_path / "faces"), str(tmp_path / "rec"), "--workers", "1"]) == 0
+    victim = tmp_path / "victim"
+    victim.mkdir()
+    (victim / "keep.txt").write_text("precious")
+
+    out = tmp_path / "out"
+    out.mkdir()
+    os.symlink(victim, out / "images")
+    assert unpack_rec.main([str(tmp_path / "rec"), str(out), "--force"]) == 2
+    assert "outside the output folder" in capsys.readouterr().err
+    assert os.listdir(victim) == ["keep.txt"]
+
+    save_bin(str(tmp_path / "v.bin"), [png(0), png(1)], [True])
+    assert bin_convert.main(["to-pairs", str(tmp_path / "v.bin"), str(out), "--force"]) == 2
+    assert "outside the output folder" in capsys.readouterr().err and os.listdir(victim) == ["keep.txt"]
+
+    os.symlink(victim / "keep.txt", tmp_path / "rec" / "train.rec.part")
+    assert pack_rec.main([str(tmp_path / "faces"), str(tmp_path / "rec"), "--workers", "1", "--force"]) == 2
+    assert "outside the output folder" in capsys.readouterr().err
+    assert (victim / "keep.txt").read_text() == "precious"
+
+    (tmp_path / "afile").write_text("x")  # an output "folder" that is a file: a DataError, not an OSError
+    assert pack_rec.main([str(tmp_path / "faces"), str(tmp_path / "afile"), "--workers", "1"]) == 2
+    assert "cannot create output folder" in capsys.readouterr().err
