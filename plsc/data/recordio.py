@@ -29,6 +29,7 @@ HEADER = struct.Struct("<IfQQ")
 MAX_PART = (1 << 29) - 1
 _I64_MIN, _I64_MAX = -(1 << 63), (1 << 63) - 1
 _INT = re.compile(rb"[-+]?[0-9]{1,19}")
+_DIRECT_READ = 1 << 20  # records spanning more than this are sized from their headers before reading
 
 
 def pack_header(label, id=0, id2=0):
@@ -148,6 +149,21 @@ def label_of(label, where):
     return int(value)
 
 
+def _extent(fd, off, end):
+    """Bytes from `off` that the record's part headers announce (8-byte reads, capped at `end`), so a
+    record followed by a gap of gigabytes (a stale or forged .idx) is not read with the gap."""
+    pos = off
+    while pos + 8 <= end and pos - off <= 2 * MAX_PART:
+        head = os.pread(fd, 8, pos)
+        if len(head) < 8:
+            break
+        magic, lrec = _LREC.unpack(head)
+        pos += 8 if magic != MAGIC else 8 + _pad4(lrec & MAX_PART)
+        if magic != MAGIC or (lrec >> 29) not in (1, 2):
+            break  # parse_record reports a bad magic or flag from the bytes read so far
+    return min(pos, end) - off
+
+
 class IndexedRecordIO:
     """Random access reader. Opens its file lazily per process, so DataLoader workers never share
     a handle (each forked worker reopens on first use)."""
@@ -199,9 +215,11 @@ class IndexedRecordIO:
         if key not in self._span:
             raise DataError(f"{self.idx_path}: key {key} is not in the index")
         off, end = self._span[key]
-        buf = os.pread(self._handle(), end - off, off)
+        fd = self._handle()
+        size = end - off if end - off <= _DIRECT_READ else _extent(fd, off, end)
+        buf = os.pread(fd, size, off)
         payload, used = parse_record(buf, self.rec_path, key, off)
-        if used != len(buf) and end != self.size:  # records are contiguous: nothing may lie between two
+        if used != end - off and end != self.size:  # records are contiguous: nothing may lie between two
             raise DataError(f"{self.rec_path}: key {key}: byte offset {off}: the record ends at byte {off + used} "
                             f"but the next indexed record starts at {end}: a corrupt length field, or an .idx "
                             f"that does not belong to this .rec")
