@@ -497,3 +497,27 @@ def test_config_yaml_alias_bomb_and_deep_nesting(where):
         else:
             result = _run_config(SMOKE_TEXT, [f"Global.epochs={value}"])
         assert isinstance(result, ConfigError) and len(str(result)) < 2000
+
+
+@pytest.mark.parametrize("gap", ["after the last record", "between two records"])
+def test_a_gigabyte_gap_is_not_read_into_memory(tmp_path, gap):
+    """A .rec followed by 1 GiB (sparse) past the last indexed record, or an .idx that skips to a record
+    1 GiB further: refused (short index / bytes between records) after reading only the record itself."""
+    rec, idx = tmp_path / "train.rec", tmp_path / "train.idx"
+    if gap == "after the last record":
+        rec.write_bytes(REC)
+        idx.write_bytes(IDX)
+        with open(rec, "r+b") as f:
+            f.truncate(len(REC) + (1 << 30))
+        expect = "short index"
+    else:
+        lines = IDX.decode().splitlines()
+        with open(rec, "wb") as f:
+            f.write(REC)
+            f.seek((1 << 30) + OFFSETS[-1])
+            f.write(REC[OFFSETS[-1]:])
+        lines[-1] = f"{lines[-1].split(chr(9))[0]}\t{(1 << 30) + OFFSETS[-1]}"
+        idx.write_text("\n".join(lines) + "\n")
+        expect = "next indexed record starts at"
+    result = outcome(_read_everything, str(tmp_path), error=DataError, max_bytes=8 * MB)
+    assert isinstance(result, DataError) and expect in str(result), result
