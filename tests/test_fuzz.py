@@ -521,3 +521,12 @@ def test_a_gigabyte_gap_is_not_read_into_memory(tmp_path, gap):
         expect = "next indexed record starts at"
     result = outcome(_read_everything, str(tmp_path), error=DataError, max_bytes=8 * MB)
     assert isinstance(result, DataError) and expect in str(result), result
+
+
+@FUZZ
+@given(epochs=st.integers(1, 10**9), seed=st.integers(0, 2**31 - 1), m2=st.floats(0, 1, allow_nan=False))
+def test_config_valid_overrides_parse_exactly(epochs, seed, m2):
+    cfg = outcome(load_config, SMOKE, [f"Global.epochs={epochs}", f"Global.seed={seed}",
+                                       f"Loss.Train.0.MarginLoss.m2={m2!r}"], error=ConfigError)
+    assert cfg["Global"]["epochs"] == epochs and cfg["Global"]["seed"] == seed
+    assert cfg["Loss"]["Train"][0]["MarginLoss"]["m2"] == m2
