@@ -181,3 +181,19 @@ def test_resume_with_another_global_batch_keeps_the_epoch_position(tmp_path):
     assert "global batch per step changed from 4 to 8 images: resuming epoch 0 at batch 2 (sample 16" in out.stdout
     assert "read again" not in out.stdout
     assert re.search(r"epoch 0 step 3/32 global_step 5 ", out.stdout), out.stdout[-2000:]
+
+
+@pytest.mark.parametrize("manifest, message", [
+    ("[" * 100000, "manifest.json is truncated or corrupt"),
+    ('{"files": [1, 2], "world_size": 1}', "is not a plsc manifest"),
+    ('{"files": {"../../etc/passwd": {"bytes": 1, "sha256": "x"}}, "world_size": 1}', "malformed entry '../../etc/passwd'"),
+])
+def test_malformed_manifest_is_refused(trained, tmp_path, manifest, message):
+    from plsc.engine import checkpoint as ckpt
+    from plsc.errors import CheckpointError
+
+    d = tmp_path / "ckpt"
+    shutil.copytree(trained, d)
+    (d / "manifest.json").write_text(manifest)
+    with pytest.raises(CheckpointError, match=re.escape(message)):
+        ckpt.verify(str(d))

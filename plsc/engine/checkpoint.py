@@ -59,8 +59,8 @@ def load_json(path):
             return json.load(f)
     except FileNotFoundError:
         raise CheckpointError(f"checkpoint file missing: {path}") from None
-    except ValueError as e:
-        raise CheckpointError(f"checkpoint file {path} is truncated or corrupt ({e})") from None
+    except (ValueError, RecursionError) as e:
+        raise CheckpointError(f"checkpoint file {path} is truncated or corrupt ({type(e).__name__})") from None
 
 
 def tmp_dir_for(final_dir):
@@ -113,7 +113,14 @@ def resolve(path):
 def verify(ckpt_dir):
     """Check every file against the manifest; raise naming the first missing or corrupt file."""
     manifest = load_json(os.path.join(ckpt_dir, MANIFEST))
-    for name, info in manifest.get("files", {}).items():
+    files = manifest.get("files") if isinstance(manifest, dict) else None
+    if not isinstance(files, dict) or not isinstance(manifest.get("world_size"), int):
+        raise CheckpointError(f"checkpoint {ckpt_dir}: {MANIFEST} is not a plsc manifest")
+    for name, info in files.items():
+        if not isinstance(name, str) or os.path.basename(name) != name or name in ("", ".", "..") or \
+                not isinstance(info, dict) or not isinstance(info.get("bytes"), int) or \
+                not isinstance(info.get("sha256"), str):
+            raise CheckpointError(f"checkpoint {ckpt_dir}: {MANIFEST} has a malformed entry {name!r}")
         p = os.path.join(ckpt_dir, name)
         if not os.path.isfile(p):
             raise CheckpointError(f"checkpoint {ckpt_dir}: file {name} listed in the manifest is missing")
