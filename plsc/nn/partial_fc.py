@@ -30,7 +30,7 @@ from plsc.nn.softmax_ce import sharded_softmax_ce
 
 INIT_STD = 0.01
 _INIT_BLOCK = 1 << 16  # classes per init block: the initial weights do not depend on the world size
-_CHUNK = 1 << 17       # rows per chunk where a [rows, D] temporary would otherwise be allocated
+_CHUNK = 1 << 15       # rows per chunk where a [rows, D] temporary would otherwise be allocated
 
 
 def init_rows(seed, start, end, dim):
@@ -93,8 +93,8 @@ class PartialFC(paddle.nn.Layer):
         self.weight_name = f"dist_fc_rank{self.rank}.w_0" if model_parallel else "fc.w_0"
         rows = self.end - self.start
         self.weight = paddle.empty([rows, num_features], dtype="float32")
-        for a in range(0, rows, 1 << 18):  # fill in chunks: no second full-size host copy
-            b = min(rows, a + (1 << 18))
+        for a in range(0, rows, _INIT_BLOCK):  # fill in chunks: no second full-size host copy
+            b = min(rows, a + _INIT_BLOCK)
             self.weight[a:b] = paddle.to_tensor(init_rows(seed, self.start + a, self.start + b, num_features))
         self.num_sample = rows if self.sample_ratio >= 1.0 else max(1, math.ceil(self.sample_ratio * rows))
         self.draws = 0          # sampling draws so far (part of the checkpoint: resumed runs sample alike)

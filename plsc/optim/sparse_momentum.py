@@ -37,7 +37,6 @@ class _SparseRows:
         self.num_steps = 0
         self._parts = []      # (index or None, grad) per accumulated micro-batch
         self._merged = None
-        self._rows = None     # weight rows gathered by the forward (reused by a single-part step)
 
     # ------------------------------------------------------------------ gradients
     def accumulate(self):
@@ -45,9 +44,6 @@ class _SparseRows:
         sampled = self.head.sampled
         if sampled is not None and sampled.grad is not None:
             self._parts.append((self.head.index, sampled.grad))
-            # the rows as gathered in the forward: still the current weights, so a single-part
-            # step reuses them instead of gathering again
-            self._rows = sampled.detach() if len(self._parts) == 1 and self.head.index is not None else None
         self.head.sampled = None
         self._merged = None
 
@@ -77,7 +73,7 @@ class _SparseRows:
         return [] if merged is None else [(self.head.weight_name, merged[1])]
 
     def clear_grad(self):
-        self._parts, self._merged, self._rows = [], None, None
+        self._parts, self._merged = [], None
 
     # ------------------------------------------------------------------ update
     @paddle.no_grad()
@@ -96,8 +92,9 @@ class _SparseRows:
                 slot_rows = {n: t[a:b] for n, t in self.slots.items()}
             else:
                 idx = paddle.to_tensor(index[a:b])
-                reuse = self._rows is not None and len(self._parts) == 1
-                w_rows = self._rows[a:b] if reuse else paddle.gather(w, idx)
+                # gathered afresh: reusing the forward's copy of the rows (a tensor autograd saved)
+                # made every in-place update 5x slower
+                w_rows = paddle.gather(w, idx)
                 slot_rows = {n: paddle.gather(t, idx) for n, t in self.slots.items()}
             w_rows = self._update(w_rows, slot_rows, grad[a:b], lr)  # in place where it can
             if index is None:
