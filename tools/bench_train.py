@@ -29,8 +29,7 @@ def one(model, batch, steps, arch):
                  "Global.eval_during_train=false", "Global.use_visualdl=false",
                  f"DataLoader.Train.dataset={{name: FaceRandomDataset, num_classes: 1000, num_samples: {batch * (steps + 1)}}}",
                  f"DataLoader.Train.sampler.batch_size={batch}", "DataLoader.Train.loader.num_workers=0"]
-    if arch:
-        overrides.append(f"Model.arch_kwargs={arch}")
+    overrides.append(f"Model.arch_kwargs={arch or '{}'}")  # the base config's tiny sizes must not leak in
     root = __file__.rsplit("/tools/", 1)[0]
     e = Engine(load_config(f"{root}/configs/smoke/IResNet_tiny_random.yaml", overrides))
     times = []
