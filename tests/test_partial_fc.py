@@ -175,6 +175,65 @@ def test_sparse_momentum_touches_only_sampled_rows():
     _close(w[used], w_ref[used], rtol=1e-5)
 
 
+def test_accumulated_micro_batches_merge_rows():
+    """Two micro-batches sampling different rows: one update with the summed gradient on their union."""
+    cfg = {"num_features": 6, "class_num": 200, "pfc_config": {"sample_ratio": 0.1, "model_parallel": True}}
+    head = build_head(cfg, [{"MarginLoss": {"m2": 0.5, "s": 30.0}}], seed=4)
+    opt = SparseMomentum(head, momentum=0.9, weight_decay=5e-4)
+    w0 = head.weight.numpy().astype(np.float64)
+    rng = np.random.default_rng(5)
+    dense = np.zeros_like(w0)
+    for _ in range(2):
+        x = paddle.to_tensor(rng.standard_normal((8, 6)).astype(np.float32), stop_gradient=False)
+        head(x, paddle.to_tensor(rng.integers(0, 200, 8))).backward()
+        dense[head.index] += head.sampled.grad.numpy()
+        opt.accumulate()
+    used = np.flatnonzero(np.abs(dense).sum(axis=1) > 0)
+    assert 20 < len(used) <= 40  # two draws of 20 rows that differ
+    opt.step(0.1)
+    opt.clear_grad()
+    v_ref = dense + 5e-4 * w0
+    w_ref = w0 - 0.1 * v_ref
+    w = head.weight.numpy()
+    untouched = np.setdiff1d(np.arange(200), used)
+    assert np.array_equal(w[untouched], w0[untouched].astype(np.float32))
+    _close(w[used], w_ref[used], rtol=1e-5)
+    _close(opt.velocity.numpy()[used], v_ref[used], rtol=1e-5)
+
+
+@pytest.mark.parametrize("ratio", [1.0, 0.3])
+def test_numpy_fast_path_equals_paddle_path(monkeypatch, ratio):
+    """On CPU rows move and update through numpy views of the tensors; GPUs take Paddle's kernels.
+    Both routes give the same loss, gradients and updated weights (the Paddle route forced here)."""
+    import plsc.nn.rows as rows_mod
+    import plsc.nn.softmax_ce as ce_mod
+    import plsc.optim.sparse_momentum as sm_mod
+
+    def run():
+        cfg = {"num_features": 8, "class_num": 50, "pfc_config": {"sample_ratio": ratio, "model_parallel": True}}
+        head = build_head(cfg, [{"MarginLoss": {"m2": 0.5, "m3": 0.1, "s": 16.0}}], seed=2)
+        opt = SparseMomentum(head, 0.9, 5e-4)
+        rng = np.random.default_rng(3)
+        out = []
+        for _ in range(3):
+            x = paddle.to_tensor(rng.standard_normal((6, 8)).astype(np.float32), stop_gradient=False)
+            loss = head(x, paddle.to_tensor(rng.integers(0, 50, 6)))
+            loss.backward()
+            out += [loss.numpy(), x.grad.numpy(), head.sampled.grad.numpy()]
+            opt.accumulate()
+            opt.step(0.1)
+            opt.clear_grad()
+        return out + [head.weight.numpy(), opt.velocity.numpy()]
+
+    fast = run()
+    for mod in (rows_mod, ce_mod, sm_mod):
+        monkeypatch.setattr(mod, "host_view", lambda t: None, raising=False)
+    monkeypatch.setattr(rows_mod, "host_view", lambda t: None)
+    slow = run()
+    for a, b in zip(fast, slow):
+        _close(a, b, rtol=1e-5, atol=1e-7)
+
+
 def test_dense_step_equals_paddle_momentum():
     cfg = {"num_features": 5, "class_num": 7, "pfc_config": {"sample_ratio": 1.0, "model_parallel": True}}
     head = build_head(cfg, [{"MarginLoss": {}}], seed=1)
@@ -253,3 +312,40 @@ def test_sparse_adamw_dense_step_equals_paddle_adamw_and_skips_unsampled_rows():
                                   build_head(cfg, [{"MarginLoss": {}}], seed=4))
     twin.load_shards([state])
     assert twin.num_steps == 3 and np.array_equal(twin.slots["moment2"].numpy(), opt.slots["moment2"].numpy())
+
+
+_FAULTS = r"""
+import ctypes, os, resource, sys
+from plsc.env import tune_allocator
+if sys.argv[1] == "tuned":
+    assert tune_allocator()
+libc = ctypes.CDLL("libc.so.6")
+libc.malloc.restype = ctypes.c_void_p
+libc.free.argtypes = [ctypes.c_void_p]
+libc.memset.argtypes = [ctypes.c_void_p, ctypes.c_int, ctypes.c_size_t]
+size = 128 << 20
+faults = []
+for _ in range(3):
+    before = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
+    p = libc.malloc(size)
+    libc.memset(p, 1, size)
+    libc.free(p)
+    faults.append(resource.getrusage(resource.RUSAGE_SELF).ru_minflt - before)
+print(faults[0], faults[2])
+"""
+
+
+@pytest.mark.parametrize("mode", ["tuned", "default"])
+def test_tuned_allocator_reuses_freed_memory(mode):
+    """plsc.env.tune_allocator: a freed 128 MB block is reused without page faults (glibc's default
+    returns it to the OS, so every reuse faults each page in again)."""
+    import subprocess
+
+    env = dict(os.environ, PLSC_MALLOC_TUNING="1")
+    out = subprocess.run([sys.executable, "-c", _FAULTS, mode], capture_output=True, text=True, env=env, check=True)
+    first, third = map(int, out.stdout.split())
+    assert first > 20000  # 32768 pages of 4 KiB touched the first time
+    if mode == "tuned":
+        assert third < first // 10
+    else:
+        assert third > first // 2

@@ -12,6 +12,9 @@ one more). One forward:
   4. the margin on each sample's target cosine (on the shard that owns it), times the scale s;
   5. softmax cross-entropy with the max and sum-exp all-reduced across shards (fp32).
 
+Steps 3-5 are one layer (plsc.nn.softmax_ce.MarginSoftmaxCE) working in place on the [N, K]
+logits; the margin enters it as its value and derivative at the N target cosines.
+
 The chosen rows are a copy (`self.sampled`) that is the leaf of the autograd graph, so the
 backward produces a [rows chosen, D] gradient and never a dense one for the whole shard;
 `plsc.optim.sparse_momentum.SparseMomentum` applies it to the chosen rows only.
@@ -22,15 +25,14 @@ import math
 import numpy as np
 import paddle
 import paddle.nn.functional as F
-from paddle.autograd import PyLayer
 
 from plsc.distributed import all_gather_sizes, gather_labels, gather_rows, rank, seeded_rng, shard_range, world_size
 from plsc.errors import DataError
-from plsc.nn.softmax_ce import sharded_softmax_ce
+from plsc.nn.rows import take_rows
+from plsc.nn.softmax_ce import margin_softmax_ce
 
 INIT_STD = 0.01
 _INIT_BLOCK = 1 << 16  # classes per init block: the initial weights do not depend on the world size
-_CHUNK = 1 << 15       # rows per chunk where a [rows, D] temporary would otherwise be allocated
 
 
 def init_rows(seed, start, end, dim):
@@ -44,40 +46,6 @@ def init_rows(seed, start, end, dim):
         out[lo - start: hi - start] = rows[lo - b0: hi - b0] * INIT_STD
         block += 1
     return out
-
-
-class _CosineLogits(PyLayer):
-    """cos[i, j] = x_i . w_j / |w_j| for unit rows x_i, clipped to [-1, 1].
-
-    Written out so no normalized [K, D] copy of w is kept for the backward and the gradient of
-    w is built in one [K, D] buffer: at millions of classes the autograd version of
-    normalize + matmul keeps two more [K, D] tensors alive.
-    """
-
-    @staticmethod
-    def forward(ctx, x, w):
-        inv = 1.0 / paddle.clip(paddle.sqrt(paddle.square(w).sum(axis=1)), min=1e-12)
-        cos = paddle.clip(paddle.matmul(x, w, transpose_y=True) * inv, -1.0, 1.0)
-        ctx.save_for_backward(x, w, inv, cos)
-        ctx.need = (not x.stop_gradient, not w.stop_gradient)
-        return cos
-
-    @staticmethod
-    def backward(ctx, grad):
-        x, w, inv, cos = ctx.saved_tensor()
-        gs = grad * inv                                   # [N, K]
-        grad_x = paddle.matmul(gs, w) if ctx.need[0] else None
-        if not ctx.need[1]:
-            return grad_x, None
-        coef = (grad * cos).sum(axis=0) * inv * inv       # [K]
-        grad_w = paddle.matmul(gs, x, transpose_x=True)   # [K, D]
-        for a in range(0, w.shape[0], _CHUNK):  # in place, chunk by chunk (slices are views)
-            grad_w[a:a + _CHUNK].subtract_(w[a:a + _CHUNK] * coef[a:a + _CHUNK].unsqueeze(1))
-        return grad_x, grad_w
-
-
-def cosine_logits(x_unit, w):
-    return _CosineLogits.apply(x_unit, w)
 
 
 class PartialFC(paddle.nn.Layer):
@@ -145,29 +113,35 @@ class PartialFC(paddle.nn.Layer):
         if index is None:
             self.sampled = self.weight.detach()
         else:
-            self.sampled = paddle.gather(self.weight, paddle.to_tensor(index))
+            self.sampled = take_rows(self.weight, index)
         self.sampled.stop_gradient = False
         target = paddle.to_tensor(target)
 
         norms = paddle.linalg.norm(feats, axis=1)
         if self.margin.uses_norms and self.training:
             self.margin.update_stats(norms)
-        cos = cosine_logits(F.normalize(feats, axis=1), self.sampled)
-        logits = self._apply_margin(cos, target, norms) * self.margin.s
-        per_sample = sharded_softmax_ce(logits, target, sharded=self.model_parallel)
+        x_unit = F.normalize(feats, axis=1)
+        new_t, dnew = self._target_margin(x_unit, target, norms)
+        per_sample = margin_softmax_ce(x_unit, self.sampled, target, new_t, dnew, self.margin.s,
+                                       sharded=self.model_parallel)
         return per_sample.mean() * self.margin.weight
 
-    def _apply_margin(self, cos, target, norms):
-        here = target >= 0
-        if not bool(here.any().item()):
-            return cos
-        rows = paddle.nonzero(here).reshape([-1])
-        cols = paddle.gather(target, rows)
-        picked = paddle.gather_nd(cos, paddle.stack([rows, cols], axis=1))
-        new = self.margin.target_logits(picked, paddle.gather(norms, rows), self.training)
-        delta = paddle.zeros_like(cos)
-        delta = paddle.scatter_nd_add(delta, paddle.stack([rows, cols], axis=1), new - picked)
-        return cos + delta
+    @paddle.no_grad()
+    def _target_cos(self, x_unit, target):
+        """cos between each sample and its target row ([N]; any row where the target is elsewhere)."""
+        safe = paddle.where(target >= 0, target, paddle.zeros_like(target))
+        rows = paddle.gather(self.sampled, safe)
+        cos = (x_unit * rows).sum(axis=1) / paddle.clip(paddle.linalg.norm(rows, axis=1), min=1e-12)
+        return paddle.clip(cos, -1.0, 1.0)
+
+    def _target_margin(self, x_unit, target, norms):
+        """(margin(cos_t), d margin / d cos_t) at each sample's target cosine: N scalars, by autograd."""
+        cos = self._target_cos(x_unit.detach(), target)
+        cos.stop_gradient = False
+        with paddle.enable_grad():
+            new = self.margin.target_logits(cos, norms.detach(), self.training)
+            (dnew,) = paddle.grad([new], [cos])
+        return new.detach(), dnew.detach()
 
     # ------------------------------------------------------------------ state
     def extra_state(self):

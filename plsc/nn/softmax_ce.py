@@ -1,48 +1,88 @@
-"""Softmax cross-entropy over logits whose class axis is split across ranks.
+"""Margin softmax cross-entropy over a class-sharded cosine classifier, as one PyLayer.
 
-Each rank holds logits[:, its classes] for the whole global batch. The row max and the sum of
-exponentials are all-reduced, so every rank gets the exact full-softmax loss; the backward is
-local (softmax - one_hot on this rank's columns). Always computed in float32. This is what
-Paddle's margin_cross_entropy does on GPUs, written with public APIs so it also runs on CPU.
+Each rank holds the chosen rows w [K, D] of its shard and the whole global batch of unit
+features x [N, D]. With cos = x . w_j / |w_j|, the logits are s * cos everywhere except at each
+sample's target column (on the shard that owns it), which holds s * margin(cos). The row max and
+the sum of exponentials are all-reduced, so every rank gets the exact full-softmax loss; the
+backward is local. Always float32. This is what Paddle's margin_cross_entropy does on GPUs,
+written with public APIs so it also runs on CPU.
+
+Written as one layer because at millions of classes the [N, K] logits and the [K, D] rows are
+the memory traffic: the forward turns the matmul output into the softmax in place (scale, max,
+subtract, exp, normalize: no other [N, K] tensor), and the backward needs neither the cosines
+nor a normalized copy of w, using
+
+    dL/dw_j = M_j - |w_j|^-2 (M_j . w_j) w_j,    M = (G / |w|)^T x,    G = dL/dcos,
+
+with the row-wise correction done in cache-sized chunks. Cosines are not clipped to [-1, 1]
+here (they leave it only by rounding); the margin functions clip the target ones themselves.
+The margin's derivative at the target cosines (`dnew`) comes from the caller (autograd on N
+scalars), so any elementwise margin works: ArcFace, CosFace, combined, AdaFace.
 """
 import paddle
 from paddle.autograd import PyLayer
 
 from plsc.distributed import all_reduce_max_, all_reduce_sum_
+from plsc.nn.rows import remove_radial_, row_sq_norms, scale_, set_rows_
+
+_CHUNK = 1 << 12  # rows per chunk of the [K, D] row-wise passes (a few MB: stays in cache)
 
 
-class ShardedSoftmaxCE(PyLayer):
+def inverse_row_norms(w):
+    """1 / |w_j| for each row."""
+    return paddle.rsqrt(paddle.clip(row_sq_norms(w), min=1e-24))
+
+
+class MarginSoftmaxCE(PyLayer):
     @staticmethod
-    def forward(ctx, logits, target, sharded=True):
-        """logits fp32 [N, K_local]; target int64 [N], the local column of the label or -1.
+    def forward(ctx, x, w, target, new_t, dnew, s, sharded):
+        """x [N, D] unit features; w [K, D] rows; target int64 [N]: local column or -1;
+        new_t [N]: margin(cos) at the target (used where target >= 0); dnew [N]: its derivative.
 
         Returns the per-sample loss [N] (identical on every rank)."""
-        row_max = logits.max(axis=1)
+        here = target >= 0
+        safe = paddle.where(here, target, paddle.zeros_like(target)).unsqueeze(1)
+        inv = inverse_row_norms(w)
+        z = paddle.matmul(x, w, transpose_y=True)                  # [N, K], becomes the softmax
+        scale_(z, cols=inv * s)                                     # s * cos
+        current = paddle.take_along_axis(z, safe, axis=1).squeeze(1)
+        target_logit = paddle.where(here, new_t * s, current)
+        z.put_along_axis_(safe, target_logit.unsqueeze(1), 1)       # s * margin(cos) at the targets
+        row_max = z.max(axis=1)
         if sharded:
             all_reduce_max_(row_max)
-        shifted = logits - row_max.unsqueeze(1)
-        exp = paddle.exp(shifted)
-        sum_exp = exp.sum(axis=1)
-        if sharded:
-            all_reduce_sum_(sum_exp)
-        here = target >= 0
-        safe = paddle.where(here, target, paddle.zeros_like(target))
-        picked = paddle.take_along_axis(shifted, safe.unsqueeze(1), axis=1).squeeze(1)
-        picked = paddle.where(here, picked, paddle.zeros_like(picked))
+        picked = paddle.where(here, target_logit - row_max, paddle.zeros_like(row_max))
         if sharded:
             all_reduce_sum_(picked)
-        ctx.save_for_backward(exp / sum_exp.unsqueeze(1), safe, here)
+        z.subtract_(row_max.unsqueeze(1))
+        z.exp_()
+        sum_exp = z.sum(axis=1)
+        if sharded:
+            all_reduce_sum_(sum_exp)
+        scale_(z, rows=1.0 / sum_exp)
+        ctx.save_for_backward(x, w, inv, z, safe, here, dnew)
+        ctx.s, ctx.need_x = s, not x.stop_gradient
         return paddle.log(sum_exp) - picked
 
     @staticmethod
     def backward(ctx, grad_loss):
-        softmax, safe, here = ctx.saved_tensor()
-        grad = softmax * grad_loss.unsqueeze(1)
-        minus = (-grad_loss * here.astype(grad.dtype)).unsqueeze(1)
-        return paddle.put_along_axis(grad, safe.unsqueeze(1), minus, axis=1, reduce="add"), None
+        x, w, inv, g, safe, here, dnew = ctx.saved_tensor()
+        gl = grad_loss * ctx.s                                      # d loss / d logit = gl * (p - onehot)
+        p_t = paddle.take_along_axis(g, safe, axis=1).squeeze(1)
+        inv_t = paddle.gather(inv, safe.squeeze(1))
+        scale_(g, cols=inv, rows=gl)                                # in place: the softmax is not needed again
+        g_t = paddle.where(here, gl * (p_t - 1.0) * dnew, gl * p_t) * inv_t
+        g.put_along_axis_(safe, g_t.unsqueeze(1), 1)                # G / |w|, G = d loss / d cos
+        grad_x = paddle.matmul(g, w) if ctx.need_x else None
+        # M = G^T x and the row-wise correction, chunk by chunk while the chunk is in cache
+        grad_w = paddle.empty(w.shape, dtype=w.dtype)
+        for a in range(0, w.shape[0], _CHUNK):
+            m = paddle.matmul(g[:, a:a + _CHUNK], x, transpose_x=True)
+            remove_radial_(m, w[a:a + _CHUNK], inv[a:a + _CHUNK])
+            set_rows_(grad_w, a, m)
+        return grad_x, grad_w, None, None, None
 
 
-def sharded_softmax_ce(logits, target, sharded=True):
-    """Per-sample cross-entropy [N] of fp32 logits sharded by class across ranks (sharded=False: all
-    classes are local, nothing is reduced)."""
-    return ShardedSoftmaxCE.apply(logits.astype("float32"), target, sharded)
+def margin_softmax_ce(x_unit, w, target, new_t, dnew, s, sharded=True):
+    """Per-sample loss [N]; gradients flow to x_unit and w (see the module docstring)."""
+    return MarginSoftmaxCE.apply(x_unit, w, target, new_t.detach(), dnew.detach(), float(s), bool(sharded))

@@ -21,8 +21,9 @@ import numpy as np
 import paddle
 
 from plsc.errors import CheckpointError
+from plsc.nn.rows import host_view, put_rows, take_rows
 
-_CHUNK = 1 << 16  # rows updated at a time
+_CHUNK = 1 << 12  # rows updated at a time: the chunk's rows, slots and gradient stay in cache
 
 
 class _SparseRows:
@@ -37,6 +38,7 @@ class _SparseRows:
         self.num_steps = 0
         self._parts = []      # (index or None, grad) per accumulated micro-batch
         self._merged = None
+        self._rows_copy = None  # the forward's copy of the chosen rows (CPU, one micro-batch): no re-gather
 
     # ------------------------------------------------------------------ gradients
     def accumulate(self):
@@ -44,6 +46,7 @@ class _SparseRows:
         sampled = self.head.sampled
         if sampled is not None and sampled.grad is not None:
             self._parts.append((self.head.index, sampled.grad))
+            self._rows_copy = sampled if self.head.index is not None and host_view(sampled) is not None else None
         self.head.sampled = None
         self._merged = None
 
@@ -73,7 +76,7 @@ class _SparseRows:
         return [] if merged is None else [(self.head.weight_name, merged[1])]
 
     def clear_grad(self):
-        self._parts, self._merged = [], None
+        self._parts, self._merged, self._rows_copy = [], None, None
 
     # ------------------------------------------------------------------ update
     @paddle.no_grad()
@@ -85,26 +88,27 @@ class _SparseRows:
         index, grad = merged
         w = self.head.weight
         rows = grad.shape[0]
-        for a in range(0, rows, _CHUNK):  # chunks bound the temporaries at millions of rows
+        copy = self._rows_copy if len(self._parts) == 1 else None
+        for a in range(0, rows, _CHUNK):  # cache-sized chunks: the passes of the update stay in cache
             b = min(rows, a + _CHUNK)
-            if index is None:
-                w_rows = w[a:b]
-                slot_rows = {n: t[a:b] for n, t in self.slots.items()}
-            else:
-                idx = paddle.to_tensor(index[a:b])
-                # gathered afresh: reusing the forward's copy of the rows (a tensor autograd saved)
-                # made every in-place update 5x slower
-                w_rows = paddle.gather(w, idx)
-                slot_rows = {n: paddle.gather(t, idx) for n, t in self.slots.items()}
-            w_rows = self._update(w_rows, slot_rows, grad[a:b], lr)  # in place where it can
-            if index is None:
-                w[a:b] = w_rows
+            if index is None:  # all rows: update views of the shard in place
+                w_rows, views = w[a:b], {n: t[a:b] for n, t in self.slots.items()}
+                slot_rows = dict(views)
+                new_w = self._update(w_rows, slot_rows, grad[a:b], lr)
+                if new_w is not w_rows:  # written back only when the update was not in place
+                    w[a:b] = new_w
                 for n, t in self.slots.items():
-                    t[a:b] = slot_rows[n]
-            else:
-                for n, t in self.slots.items():
-                    paddle.scatter_(t, idx, slot_rows[n], overwrite=True)
-                paddle.scatter_(w, idx, w_rows, overwrite=True)
+                    if slot_rows[n] is not views[n]:
+                        t[a:b] = slot_rows[n]
+                continue
+            idx = index[a:b]
+            # the weight has not changed since the forward copied these rows: update that copy
+            w_rows = copy[a:b] if copy is not None else take_rows(w, idx)
+            slot_rows = {n: take_rows(t, idx) for n, t in self.slots.items()}
+            w_rows = self._update(w_rows, slot_rows, grad[a:b], lr)
+            for n, t in self.slots.items():
+                put_rows(t, idx, slot_rows[n])
+            put_rows(w, idx, w_rows)
 
     def _update(self, w_rows, slot_rows, g, lr):
         raise NotImplementedError
@@ -172,6 +176,16 @@ class SparseMomentum(_SparseRows):
         return self.slots["momentum"]
 
     def _update(self, w_rows, slot_rows, g, lr):
+        w_np, m_np, g_np = host_view(w_rows), host_view(slot_rows["momentum"]), host_view(g)
+        if w_np is not None and m_np is not None and g_np is not None:  # CPU: numpy on the same memory
+            step = np.multiply(w_np, np.float32(self.weight_decay)) if self.weight_decay else g_np.copy()
+            if self.weight_decay:
+                step += g_np
+            m_np *= np.float32(self.momentum)
+            m_np += step
+            np.multiply(m_np, np.float32(lr), out=step)
+            w_np -= step
+            return w_rows
         if self.weight_decay:
             g = g + self.weight_decay * w_rows
         slot_rows["momentum"] = slot_rows["momentum"].scale_(self.momentum).add_(g)
