@@ -66,6 +66,10 @@ class MarginSoftmaxCE(PyLayer):
 
     @staticmethod
     def backward(ctx, grad_loss):
+        if getattr(ctx, "done", False):
+            raise RuntimeError("the PartialFC loss was backpropagated twice (retain_graph): its backward "
+                               "reuses the saved softmax in place; run the forward again instead")
+        ctx.done = True
         x, w, inv, g, safe, here, dnew = ctx.saved_tensor()
         gl = grad_loss * ctx.s                                      # d loss / d logit = gl * (p - onehot)
         p_t = paddle.take_along_axis(g, safe, axis=1).squeeze(1)
