@@ -225,6 +225,8 @@ def test_numpy_fast_path_equals_paddle_path(monkeypatch, ratio):
             opt.clear_grad()
         return out + [head.weight.numpy(), opt.velocity.numpy()]
 
+    monkeypatch.setattr(ce_mod, "_CHUNK", 16)  # several chunks (and slices at an offset) on both routes
+    monkeypatch.setattr(sm_mod, "_CHUNK", 16)
     fast = run()
     for mod in (rows_mod, ce_mod, sm_mod):
         monkeypatch.setattr(mod, "host_view", lambda t: None, raising=False)
