@@ -178,9 +178,11 @@ class SparseMomentum(_SparseRows):
     def _update(self, w_rows, slot_rows, g, lr):
         w_np, m_np, g_np = host_view(w_rows), host_view(slot_rows["momentum"]), host_view(g)
         if w_np is not None and m_np is not None and g_np is not None:  # CPU: numpy on the same memory
-            step = np.multiply(w_np, np.float32(self.weight_decay)) if self.weight_decay else g_np.copy()
             if self.weight_decay:
+                step = np.multiply(w_np, np.float32(self.weight_decay))
                 step += g_np
+            else:
+                step = g_np.copy()
             m_np *= np.float32(self.momentum)
             m_np += step
             np.multiply(m_np, np.float32(lr), out=step)
