@@ -4,7 +4,7 @@
     model, opt = amp.decorate(model, opt, excluded_layers=model.fp32_layers())   # O2: low-precision params
     with amp.autocast(): features = model(images)         # O1/O2: paddle.amp.auto_cast with the op lists
     scaler = LossScaler.from_config(cfg["FP16"])
-    scaler.scale(loss).backward(); found_inf = scaler.unscale_and_check(grads); ...; scaler.update(found_inf)
+    scaler.scale(loss).backward(); ...; scaler.update(found_inf)   # the check: plsc.optim.grad_step
 
 What stays fp32 whatever the level: the PartialFC weight, its logits, the margin and the softmax
 loss (plsc.nn computes them in fp32), BatchNorm / LayerNorm parameters and statistics, and the
@@ -12,19 +12,16 @@ embedding neck (each backbone's fp32_layers()). Under O2 the optimizer keeps fp3
 (multi_precision) and the FC shard is its own fp32 master.
 
 The scaler is plsc's own rather than paddle.amp.GradScaler because the check must cover the
-sparse FC gradients too and must agree across ranks: found_inf is all-reduced, so every rank
-skips the same step and the scale stays identical everywhere. On CPU paddle.amp does nothing
+sparse FC gradients too and must agree across ranks: plsc.optim.grad_step computes the verdict
+for every gradient in one reduction, all-reduced, so every rank skips the same step and the scale
+stays identical everywhere, at the cost of one host read per step. On CPU paddle.amp does nothing
 (there are no fp16 / bf16 conv and matmul kernels): the same code runs in fp32 and says so.
 """
 import warnings
 
 import paddle
 
-from plsc.distributed import all_reduce_flag
 from plsc.errors import ConfigError
-
-_NORM_LAYERS = (paddle.nn.BatchNorm, paddle.nn.BatchNorm1D, paddle.nn.BatchNorm2D, paddle.nn.BatchNorm3D,
-                paddle.nn.SyncBatchNorm, paddle.nn.LayerNorm, paddle.nn.GroupNorm, paddle.nn.InstanceNorm2D)
 
 
 class AmpPolicy:
@@ -62,17 +59,6 @@ class AmpPolicy:
 
     def autocast(self):
         return paddle.amp.auto_cast(**self.autocast_kwargs())
-
-    def o2_cast_plan(self, model, excluded_layers=()):
-        """{parameter name: dtype it has under O2}: low precision except norm layers and excluded ones."""
-        keep = set()
-        for layer in list(excluded_layers or []):
-            keep.update(id(p) for p in layer.parameters())
-        for layer in model.sublayers(include_self=True):
-            if isinstance(layer, _NORM_LAYERS):
-                keep.update(id(p) for p in layer.parameters(include_sublayers=False))
-        low = self.dtype if self.level == "O2" else "float32"
-        return {name: ("float32" if id(p) in keep else low) for name, p in model.named_parameters()}
 
     def decorate(self, model, optimizer, excluded_layers=()):
         """O2: cast the model's parameters (fp32 master weights in the optimizer); O0 / O1: unchanged."""
@@ -116,20 +102,6 @@ class LossScaler:
 
     def scale(self, loss):
         return loss * self.scale_value if self.scale_value != 1.0 else loss
-
-    @paddle.no_grad()
-    def unscale_and_check(self, grads):
-        """Divide `grads` by the scale in place; True on every rank if any rank has a non-finite value."""
-        bad = False
-        inv = 1.0 / self.scale_value
-        for g in grads:
-            if g is None:
-                continue
-            if inv != 1.0:
-                g.scale_(inv)
-            if not bad and not bool(paddle.isfinite(g).all().item()):
-                bad = True
-        return all_reduce_flag(bad)
 
     def update(self, found_inf):
         if found_inf:

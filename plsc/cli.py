@@ -37,7 +37,7 @@ def build_parser(prog, description):
 
 def _run(prog, description, action, argv):
     args = build_parser(prog, description).parse_args(argv)
-    setup_threads()  # before paddle is imported
+    setup_threads(peek_device(args.config, args.override))  # before paddle is imported
     from plsc.errors import PlscError
 
     try:
@@ -66,6 +66,13 @@ def _export(cfg):
     from plsc.engine.commands import run_export
 
     run_export(cfg)
+
+
+def peek_device(path, overrides):
+    """Global.device of the config before validation (validation imports paddle); "gpu" if unreadable."""
+    from plsc.config import peek
+
+    return peek(path, overrides, ("Global", "device"), "gpu")
 
 
 def train_main(argv=None):

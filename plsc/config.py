@@ -316,6 +316,20 @@ def load_config(path, overrides=()):
     return validate(raw)
 
 
+def peek(path, overrides, keys, default):
+    """The raw value at `keys` of a config file + overrides, without validating (nor importing paddle);
+    `default` when the file cannot be read or the key is absent (validation reports errors later)."""
+    try:
+        node = _read_yaml(path, [])
+        for text in overrides:
+            apply_override(node, text)
+        for k in keys:
+            node = node[k]
+        return node
+    except (ConfigError, KeyError, TypeError, IndexError):
+        return default
+
+
 def dump_config(cfg):
     return yaml.safe_dump(cfg, sort_keys=False, default_flow_style=None)
 

@@ -1,40 +1,72 @@
-"""Collectives with autograd, and the class-sharding arithmetic of the model-parallel FC.
+"""The one source of rank and world size, the class-sharding rule, and collectives with autograd.
+
+`rank()` / `world_size()` read the launcher's environment (`python -m paddle.distributed.launch`
+sets PADDLE_TRAINERS_NUM / PADDLE_TRAINER_ID) and initialize the process group on first use, so
+anything built before the Engine (a head, a sampler, an evaluator) sees the real world size.
 
 `dist.all_gather` carries no gradient in dygraph, so the classifier gathers features through
 `GatherWithGrad`: forward concatenates every rank's rows (ranks may hold different row counts:
-sizes are gathered first, then padded rows are exchanged and dropped), backward returns this
-rank's slice of the incoming gradient, summed over ranks when every rank computed a different
-part of the loss (the sharded FC) and scaled by the world size (see `gather_rows`).
-With one rank nothing is communicated.
+padded rows are exchanged and dropped), backward returns this rank's slice of the incoming
+gradient, summed over ranks when every rank computed a different part of the loss (the sharded
+FC) and scaled by the world size (see `gather_rows`). With one rank nothing is communicated.
 """
+import os
+
 import numpy as np
 import paddle
 import paddle.distributed as dist
 from paddle.autograd import PyLayer
 
 
+def _launched_world():
+    value = os.environ.get("PADDLE_TRAINERS_NUM", "1")
+    return int(value) if value.isdigit() and int(value) > 0 else 1
+
+
+def init():
+    """Initialize the process group when launched with several ranks (idempotent); -> (rank, world_size)."""
+    if _launched_world() > 1 and not dist.is_initialized():
+        dist.init_parallel_env()
+    return rank(), world_size()
+
+
 def world_size():
-    return dist.get_world_size() if dist.is_initialized() else 1
+    if dist.is_initialized():
+        return dist.get_world_size()
+    if _launched_world() > 1:
+        return init()[1]
+    return 1
 
 
 def rank():
-    return dist.get_rank() if dist.is_initialized() else 0
+    if dist.is_initialized():
+        return dist.get_rank()
+    if _launched_world() > 1:
+        return init()[0]
+    return 0
 
 
-def shard_range(num_classes, rank, world_size):
-    """[start, end) of the class rows owned by `rank`: C // W rows each, the first C % W ranks one more."""
-    base, extra = divmod(num_classes, world_size)
+def barrier():
+    if world_size() > 1:
+        dist.barrier()
+
+
+def shard_range(n, rank, world_size):
+    """[start, end) of the items owned by `rank` of `world_size`: n // W each, the first n % W one more.
+
+    The one split rule of plsc: classes of the FC across ranks, images of an eval set across ranks."""
+    base, extra = divmod(n, world_size)
     start = rank * base + min(rank, extra)
     return start, start + base + (1 if rank < extra else 0)
 
 
 def all_gather_sizes(n):
-    """Row counts of every rank (a list of ints), gathered once per call."""
+    """Row counts of every rank (a list of ints): one all_gather and one host read."""
     if world_size() == 1:
         return [n]
     out = []
     dist.all_gather(out, paddle.to_tensor([n], dtype="int64"))
-    return [t.item() for t in out]
+    return paddle.concat(out).numpy().tolist()
 
 
 def _gather_padded(x, sizes):
@@ -46,6 +78,8 @@ def _gather_padded(x, sizes):
         x = paddle.concat([x, filler]) if x.shape[0] else filler
     parts = []
     dist.all_gather(parts, x)
+    if all(n == longest for n in sizes):
+        return paddle.concat(parts)
     return paddle.concat([p[:n] for p, n in zip(parts, sizes) if n > 0])
 
 
@@ -66,7 +100,7 @@ class GatherWithGrad(PyLayer):
         return local * ctx.grad_scale if ctx.grad_scale != 1 else local
 
 
-def gather_rows(x, sizes=None, sum_grads=True):
+def gather_rows(x, sizes, sum_grads=True):
     """All ranks' rows of `x` concatenated in rank order, differentiable.
 
     sum_grads=True: each rank's loss covers a different part of the computation (class shards),
@@ -77,17 +111,15 @@ def gather_rows(x, sizes=None, sum_grads=True):
     w = world_size()
     if w == 1:
         return x
-    sizes = sizes if sizes is not None else all_gather_sizes(x.shape[0])
     if x.stop_gradient:
         return _gather_padded(x, sizes)
     return GatherWithGrad.apply(x, sizes, sum_grads, float(w))
 
 
-def gather_labels(labels, sizes=None):
-    """Every rank's int64 labels, concatenated in rank order (no gradient)."""
+def gather_labels(labels, sizes):
+    """Every rank's labels, concatenated in rank order (no gradient)."""
     if world_size() == 1:
         return labels
-    sizes = sizes if sizes is not None else all_gather_sizes(labels.shape[0])
     return _gather_padded(labels, sizes)
 
 
@@ -103,13 +135,11 @@ def all_reduce_sum_(t):
     return t
 
 
-def all_reduce_flag(flag):
-    """True on every rank when `flag` is true on any rank."""
-    t = paddle.to_tensor([1 if flag else 0], dtype="int32")
-    all_reduce_max_(t)
-    return bool(t.item())
-
-
 def seeded_rng(*keys):
     """A numpy Generator that depends only on `keys` (never on global RNG state)."""
     return np.random.default_rng([int(k) % (2 ** 32) for k in keys])
+
+
+def derived_seed(*keys):
+    """A positive 31-bit seed that depends only on `keys` (for ops taking `seed=`, e.g. paddle.uniform)."""
+    return int(seeded_rng(*keys).integers(1, 2 ** 31 - 1))

@@ -1,10 +1,18 @@
-"""Process environment that must be set before `import paddle`.
+"""Process settings that must be made before `import paddle`, applied on CPU runs only.
 
 Paddle sets OMP_NUM_THREADS=1 on import when it is unset, which leaves all but one core idle on
-CPU. We set it to cores / local ranks unless the user chose a value, and on AMD CPUs ask MKL for
-its AVX2 code path (MKL_DEBUG_CPU_TYPE=5, ~3x faster here) unless the user set that too.
+CPU. On a CPU run plsc sets OMP / MKL threads to cores / local ranks (unless the user chose a
+value) and, on AMD CPUs, asks MKL for its AVX2 code path (MKL_DEBUG_CPU_TYPE=5: ~3x faster on the
+AMD machine plsc is developed on; MKL ignores the variable on Intel CPUs and plsc does not set it
+there). After the device is known, `tune_allocator` keeps glibc from returning large freed blocks
+to the OS (CPU runs only: on GPUs the large tensors live in device memory).
+
+A GPU run (Global.device gpu, a CUDA build of Paddle and a visible GPU) keeps Paddle's and glibc's
+defaults.
 """
 import os
+
+TRIM_THRESHOLD = 1 << 30  # bytes free at the heap top before glibc gives memory back
 
 
 def local_world_size():
@@ -20,21 +28,59 @@ def local_world_size():
     return 1
 
 
-def setup_threads():
-    cores = os.cpu_count() or 1
-    threads = max(1, cores // local_world_size())
+def cuda_paddle_installed():
+    """A CUDA build of Paddle is installed (decided without importing it)."""
+    from importlib import metadata
+
+    for dist in ("paddlepaddle-gpu", "paddlepaddle_gpu"):
+        try:
+            metadata.distribution(dist)
+            return True
+        except metadata.PackageNotFoundError:
+            pass
+    return False
+
+
+def gpu_visible():
+    """An NVIDIA GPU is present and not hidden by CUDA_VISIBLE_DEVICES."""
+    visible = os.environ.get("CUDA_VISIBLE_DEVICES")
+    if visible is not None and visible.strip() in ("", "-1"):
+        return False
+    return os.path.exists("/dev/nvidia0") or bool(os.path.isdir("/proc/driver/nvidia/gpus")
+                                                 and os.listdir("/proc/driver/nvidia/gpus"))
+
+
+def is_cpu_run(device="gpu"):
+    """Will this process compute on the CPU? (Global.device cpu, or no CUDA Paddle, or no GPU.)"""
+    return device == "cpu" or not (cuda_paddle_installed() and gpu_visible())
+
+
+def cpu_vendor():
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                if line.startswith("vendor_id"):
+                    return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return ""
+
+
+def setup_threads(device="gpu"):
+    """Call before `import paddle`. device: the run's Global.device (a GPU run changes nothing)."""
+    os.environ.setdefault("GLOG_minloglevel", "2")  # Paddle's C++ info logs; not a performance setting
+    if not is_cpu_run(device):
+        return False
+    threads = max(1, (os.cpu_count() or 1) // local_world_size())
     for key in ("OMP_NUM_THREADS", "MKL_NUM_THREADS"):
         os.environ.setdefault(key, str(threads))
-    os.environ.setdefault("MKL_DEBUG_CPU_TYPE", "5")
-    os.environ.setdefault("GLOG_minloglevel", "2")
-    tune_allocator()
-
-
-TRIM_THRESHOLD = 1 << 30  # bytes free at the heap top before glibc gives memory back
+    if cpu_vendor() == "AuthenticAMD":
+        os.environ.setdefault("MKL_DEBUG_CPU_TYPE", "5")
+    return True
 
 
 def tune_allocator():
-    """Keep freed memory in the heap instead of returning it to the OS (glibc only).
+    """Keep freed memory in the heap instead of returning it to the OS (glibc, CPU runs only).
 
     Paddle's CPU allocator hands each large tensor to malloc, which serves it with a fresh mmap;
     touching those pages costs ~75 ms per 200 MB, and the PartialFC step allocates several such

@@ -58,6 +58,7 @@ TRANSFORMS = Registry("transform")
 SAMPLERS = Registry("sampler")
 METRICS = Registry("metric")
 GRAD_CLIPS = Registry("grad clip")
+SPARSE_OPTIMIZERS = Registry("sparse FC optimizer")  # keyed by the dense optimizer's name
 
 _BUILTIN_MODULES = (
     "plsc.models",

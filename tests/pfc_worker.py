@@ -57,9 +57,11 @@ def run(out_dir):
         f.stop_gradient = False
         value = head(f, paddle.to_tensor(labels[lo:hi]))
         value.backward()
+        index, row_grad, _ = head.sparse_grad()
+        assert head.weight.grad is None, "no dense gradient of the shard"
         np.savez(os.path.join(out_dir, f"{case}_rank{rank}.npz"), loss=value.item(), feat_grad=f.grad.numpy(),
-                 index=np.arange(head.num_local) if head.index is None else head.index,
-                 row_grad=head.sampled.grad.numpy(), start=head.start, end=head.end, lo=lo, hi=hi,
+                 index=np.arange(head.num_local) if index is None else index.numpy(),
+                 row_grad=row_grad.numpy(), start=head.start, end=head.end, lo=lo, hi=hi,
                  weight=head.weight.numpy())
 
 

@@ -34,15 +34,20 @@ def test_autocast_arguments_follow_the_config():
     assert (o2["level"], o2["dtype"]) == ("O2", "bfloat16")
 
 
-def test_o2_plan_keeps_norms_and_neck_in_fp32():
+def test_o2_decorate_asks_paddle_for_master_weights_and_keeps_the_fp32_layers(monkeypatch):
+    """paddle.amp.decorate casts nothing on CPU: check what plsc asks it for (GPU runs get exactly this)."""
+    calls = []
+    monkeypatch.setattr(paddle.amp, "decorate", lambda **kw: (calls.append(kw), (kw["models"], kw["optimizers"]))[1])
     net = Net()
-    plan = AmpPolicy.from_config(dict(FP16, level="O2"), "cpu").o2_cast_plan(net, net.fp32_layers())
-    expect = {"conv.weight": "float16", "conv.bias": "float16", "fc.weight": "float32", "fc.bias": "float32"}
-    for bn in ("bn", "neck"):  # BatchNorm weights and running statistics
-        expect.update({f"{bn}.{k}": "float32" for k in ("weight", "bias", "_mean", "_variance")})
-    assert plan == expect
-    o1 = AmpPolicy.from_config(FP16, "cpu").o2_cast_plan(net, net.fp32_layers())
-    assert set(o1.values()) == {"float32"}
+    opt = paddle.optimizer.Momentum(parameters=net.parameters(), multi_precision=True)
+    with pytest.warns(UserWarning, match="computes in fp32"):
+        policy = AmpPolicy.from_config(dict(FP16, level="O2", dtype="bfloat16"), "cpu")
+    policy.decorate(net, opt, excluded_layers=net.fp32_layers())
+    (kw,) = calls
+    assert kw["level"] == "O2" and kw["dtype"] == "bfloat16" and kw["master_weight"] is True
+    assert kw["excluded_layers"] == [net.fc, net.neck]
+    AmpPolicy.from_config(FP16, "cpu").decorate(net, opt, excluded_layers=net.fp32_layers())
+    assert len(calls) == 1, "O1 does not decorate"
 
 
 def test_o2_decorate_gives_master_weights_and_cpu_run_stays_fp32():
@@ -58,14 +63,20 @@ def test_o2_decorate_gives_master_weights_and_cpu_run_stays_fp32():
     assert out.dtype == paddle.float32
 
 
+def _check(scaler, grads, clip=None, loss=None, fc=None):
+    from plsc.optim.grad_step import GradCheck
+
+    return GradCheck(scaler, clip)([(f"w{i}", g) for i, g in enumerate(grads)], fc=fc, loss=loss)
+
+
 def test_scaler_growth_backoff_and_skip_counting():
     s = LossScaler.from_config(FP16)
     assert s.scale_value == 1024.0
     loss = paddle.to_tensor(2.0)
     assert s.scale(loss).item() == 2048.0
     g = paddle.to_tensor([1024.0, -2048.0])
-    assert s.unscale_and_check([g]) is False
-    np.testing.assert_array_equal(g.numpy(), [1.0, -2.0])
+    assert _check(s, [g]).ok
+    np.testing.assert_array_equal(g.numpy(), [1.0, -2.0])  # unscaled in place
     for _ in range(3):
         s.update(False)
     assert s.scale_value == 2048.0  # grew after incr_every_n_steps=3 finite steps
@@ -77,7 +88,8 @@ def test_scaler_growth_backoff_and_skip_counting():
     s.update(True)
     assert s.scale_value == 1024.0 and s.num_skipped == 3
     bad = paddle.to_tensor([1.0, float("inf")])
-    assert s.unscale_and_check([paddle.ones([3]), bad]) is True
+    v = _check(s, [paddle.ones([3]), bad])
+    assert not v.ok and v.nonfinite
     state = s.state_dict()
     t = LossScaler.from_config(FP16)
     t.set_state_dict(state)
@@ -90,8 +102,10 @@ def test_scaler_growth_backoff_and_skip_counting():
 def test_o0_scaler_is_identity_but_still_detects_nan():
     s = LossScaler.from_config(dict(FP16, level="O0"))
     assert s.scale_value == 1.0
-    g = paddle.to_tensor([float("nan")])
-    assert s.unscale_and_check([g]) is True
+    assert not _check(s, [paddle.to_tensor([float("nan")])]).ok
+    assert not _check(s, [paddle.ones([2])], loss=paddle.to_tensor(float("inf"))).ok, "a non-finite loss skips"
+    fc = ("dist_fc_rank0.w_0", paddle.to_tensor([[1.0, float("nan")]]), True)
+    assert not _check(s, [paddle.ones([2])], fc=fc).ok, "the FC gradient is checked too"
     s.update(True)
     assert s.scale_value == 1.0 and s.num_skipped == 1
 
@@ -120,6 +134,7 @@ def test_inf_on_one_rank_makes_both_ranks_skip(tmp_path):
         "from plsc.env import setup_threads; setup_threads()\n"
         "import paddle, paddle.distributed as dist\n"
         "from plsc.amp import LossScaler\n"
+        "from plsc.optim.grad_step import GradCheck\n"
         "dist.init_parallel_env()\n"
         "r = dist.get_rank()\n"
         "s = LossScaler(init_loss_scaling=256.0, decr_every_n_nan_or_inf=1)\n"
@@ -127,7 +142,7 @@ def test_inf_on_one_rank_makes_both_ranks_skip(tmp_path):
         "    g = paddle.ones([4]) * 256.0\n"
         "    if r == 1 and step == 1:\n"
         "        g[2] = float('inf')\n"
-        "    found = s.unscale_and_check([g])\n"
+        "    found = not GradCheck(s, None, 2)([('w', g)]).ok\n"
         "    s.update(found)\n"
         "    print(f'rank {r} step {step} skip {found} scale {s.scale_value}', flush=True)\n")
     launch([script], nproc=2, log_dir=tmp_path / "log")

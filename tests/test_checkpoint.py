@@ -47,7 +47,8 @@ def test_resume_across_world_sizes_2_to_1_to_2(tmp_path):
     reduction order (BatchNorm sums over 8 vs 16 images of 112 x 112), which this tiny BN-heavy net
     amplifies to ~1e-5 .. 1e-4 within a few steps.
     """
-    from plsc.tools.fc_shards import merge, read_shards
+    from plsc.engine.checkpoint import merge_fc_shards as merge
+    from plsc.tools.fc_shards import read_shards
 
     a = _w2(tmp_path / "a", 4, tmp_path / "log_a")
     ref = _w1(tmp_path / "ref", 1)
@@ -123,7 +124,7 @@ def test_fine_tune_in_process_copies_weights(trained, tmp_path):
     e = Engine(load_config(SMOKE, [f"Global.output_dir={tmp_path}", f"Global.pretrained_model={trained}"]))
     saved = np.load(trained / "fc_rank0.npz")
     assert np.array_equal(e.head.weight.numpy(), saved["weight"])
-    assert not e.head_opt.velocity.numpy().any(), "fine-tuning starts with a fresh momentum"
+    assert not e.fc_opt.slots["momentum"].numpy().any(), "fine-tuning starts with a fresh momentum"
     backbone = np.load(trained / "backbone.npz")
     for k, v in e.backbone.state_dict().items():
         assert np.array_equal(v.numpy(), backbone[k]), k

@@ -12,7 +12,9 @@ from dist_utils import launch
 from plsc.errors import ConfigError, DataError
 from plsc.nn import build_head
 from plsc.nn.partial_fc import init_rows
-from plsc.optim.sparse_momentum import SparseMomentum
+from plsc.engine import checkpoint as ckpt
+from plsc.optim.optimizers import build_sparse_optimizer
+from plsc.optim.sparse import SparseMomentum
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, HERE)
@@ -89,7 +91,8 @@ def test_sampled_heads_keep_positives_and_match_reference_on_their_rows(two_rank
         idx = d["index"]
         positives = np.unique(labels[(labels >= start) & (labels < end)]) - start
         assert set(positives) <= set(idx)
-        assert len(idx) == max(len(positives), math.ceil(ratio * (end - start)))
+        # K = max(ceil(ratio * rows), min(rows, labels in the step)): every positive fits, no host read
+        assert len(idx) == max(math.ceil(ratio * (end - start)), min(end - start, len(labels)))
         assert len(np.unique(idx)) == len(idx)
         # the loss differs from the full softmax (fewer negatives) but the positive rows' grads point the same way
         assert np.isfinite(d["loss"]) and d["loss"] < loss + 1e-4
@@ -103,26 +106,50 @@ def test_world_size_one_and_ratio_one_equals_no_sampling():
         x = paddle.to_tensor(feats, stop_gradient=False)
         out = head(x, paddle.to_tensor(labels))
         out.backward()
-        assert head.index is None
+        index, grad, _ = head.sparse_grad()
+        assert index is None and head.weight.grad is None
         _close(out.item(), loss)
         _close(x.grad.numpy(), xg)
-        _close(head.sampled.grad.numpy(), wg)
+        _close(grad.numpy(), wg)
+
+
+def _plan(head, *labels):
+    plan = head.plan([paddle.to_tensor(np.asarray(lb)) for lb in labels])
+    return plan.index.numpy(), [t.numpy() for t in plan.targets]
 
 
 def test_sampling_remaps_labels_to_the_chosen_rows_deterministically():
-    head = build_head({"num_features": 4, "class_num": 1000, "pfc_config": {"sample_ratio": 0.1,
-                       "model_parallel": True}}, [{"MarginLoss": {}}], seed=5)
+    spec = {"num_features": 4, "class_num": 1000, "pfc_config": {"sample_ratio": 0.1, "model_parallel": True}}
+    head = build_head(spec, [{"MarginLoss": {}}], seed=5)
     labels = np.array([3, 999, 3, 512, 77])
-    index, target = head.choose_rows(labels)
+    index, (target,) = _plan(head, labels)
     assert len(index) == 100 and {3, 999, 512, 77} <= set(index)
-    assert (index[target] == labels).all()
-    twin = build_head({"num_features": 4, "class_num": 1000, "pfc_config": {"sample_ratio": 0.1,
-                       "model_parallel": True}}, [{"MarginLoss": {}}], seed=5)
-    assert (twin.choose_rows(labels)[0] == index).all()
-    assert not np.array_equal(head.choose_rows(labels)[0], index)  # the next draw differs
-    many = np.arange(0, 1000, 5)  # 200 positives > 100 samples: every positive kept
-    index, target = head.choose_rows(many)
+    assert (np.diff(index) > 0).all() and (index[target] == labels).all()
+    twin = build_head(spec, [{"MarginLoss": {}}], seed=5)
+    assert (_plan(twin, labels)[0] == index).all()
+    assert not np.array_equal(_plan(head, labels)[0], index)  # the next draw differs
+    many = np.arange(0, 1000, 5)  # 200 positives > 100 samples: every positive kept (K = 200)
+    index, (target,) = _plan(head, many)
     assert (index == many).all() and (target == np.arange(200)).all()
+    # two micro-batches: one set of rows for the step, each micro-batch's targets into it
+    index, (t1, t2) = _plan(head, [5, 6], [700, 5])
+    assert len(index) == 100 and (index[t1] == [5, 6]).all() and (index[t2] == [700, 5]).all()
+
+
+def test_fc_weight_is_a_parameter_and_never_gets_a_dense_gradient():
+    spec = {"num_features": 4, "class_num": 50, "pfc_config": {"sample_ratio": 0.2, "model_parallel": True}}
+    head = build_head(spec, [{"MarginLoss": {}}], seed=1)
+    assert [n for n, _ in head.named_parameters()] == ["weight"]
+    assert list(head.state_dict()) == ["weight"] and head.weight.persistable and not head.weight.stop_gradient
+    assert "dist" in head.weight.name and head.weight.is_distributed
+    x = paddle.randn([6, 4])
+    x.stop_gradient = False
+    head(x, paddle.to_tensor([1, 2, 3, 4, 5, 49])).backward()
+    index, grad, rows = head.sparse_grad()
+    assert head.weight.grad is None and grad.shape == [10, 4] and rows.shape == [10, 4]
+    replicated = build_head(dict(spec, pfc_config={"sample_ratio": 1.0, "model_parallel": False}),
+                            [{"MarginLoss": {"model_parallel": False}}])
+    assert "dist" in replicated.weight.name and not replicated.weight.is_distributed
 
 
 def test_margins_finite_for_every_angle_and_match_formula():
@@ -149,119 +176,120 @@ def test_margins_finite_for_every_angle_and_match_formula():
     assert abs(both - (math.cos(1.2 * math.acos(0.5) + 0.3) - 0.2)) < 1e-6
 
 
+def _step(head, opt, x, labels, lr):
+    x = paddle.to_tensor(x, stop_gradient=False)
+    loss = head(x, paddle.to_tensor(labels))
+    loss.backward()
+    index, grad, rows = head.sparse_grad()
+    out = (None if index is None else index.numpy(), grad.numpy().copy(), loss.numpy(), x.grad.numpy())
+    opt.step(index, grad, lr, rows=rows)
+    head.clear_sparse_grad()
+    return out
+
+
 def test_sparse_momentum_touches_only_sampled_rows():
     cfg = {"num_features": 6, "class_num": 300, "pfc_config": {"sample_ratio": 0.05, "model_parallel": True}}
     head = build_head(cfg, [{"MarginLoss": {"m2": 0.5, "s": 30.0}}], seed=9)
-    opt = SparseMomentum(head, momentum=0.9, weight_decay=5e-4)
+    opt = SparseMomentum(head.weight, momentum=0.9, weight_decay=5e-4)
     w0 = head.weight.numpy().copy()
     w_ref, v_ref = w0.astype(np.float64), np.zeros_like(w0, dtype=np.float64)
     used = np.zeros(300, dtype=bool)
     rng = np.random.default_rng(0)
     for step in range(4):
-        x = paddle.to_tensor(rng.standard_normal((8, 6)).astype(np.float32), stop_gradient=False)
-        head(x, paddle.to_tensor(rng.integers(0, 300, 8))).backward()
-        opt.accumulate()
-        idx, g = head.index, opt.grads()[0].numpy().astype(np.float64)
+        idx, g, _, _ = _step(head, opt, rng.standard_normal((8, 6)).astype(np.float32), rng.integers(0, 300, 8), 0.1)
         used[idx] = True
-        g = g + 5e-4 * w_ref[idx]
+        g = g.astype(np.float64) + 5e-4 * w_ref[idx]
         v_ref[idx] = 0.9 * v_ref[idx] + g
         w_ref[idx] -= 0.1 * v_ref[idx]
-        opt.step(0.1)
-        opt.clear_grad()
     w = head.weight.numpy()
     assert used.sum() < 300
     assert np.array_equal(w[~used], w0[~used]), "rows never sampled must be bit-identical"
-    assert np.array_equal(opt.velocity.numpy()[~used], np.zeros_like(w0[~used]))
+    assert np.array_equal(opt.slots["momentum"].numpy()[~used], np.zeros_like(w0[~used]))
     _close(w[used], w_ref[used], rtol=1e-5)
 
 
-def test_accumulated_micro_batches_merge_rows():
-    """Two micro-batches sampling different rows: one update with the summed gradient on their union."""
+def test_accumulated_micro_batches_equal_one_batch_of_the_summed_size():
+    """Two micro-batches of one step share the step's rows; their weighted gradients add up to the
+    gradient of one batch holding both (same rows: the plan sees every micro-batch's labels)."""
     cfg = {"num_features": 6, "class_num": 200, "pfc_config": {"sample_ratio": 0.1, "model_parallel": True}}
-    head = build_head(cfg, [{"MarginLoss": {"m2": 0.5, "s": 30.0}}], seed=4)
-    opt = SparseMomentum(head, momentum=0.9, weight_decay=5e-4)
-    w0 = head.weight.numpy().astype(np.float64)
+    loss_cfg = [{"MarginLoss": {"m2": 0.5, "s": 30.0}}]
     rng = np.random.default_rng(5)
-    dense = np.zeros_like(w0)
-    for _ in range(2):
-        x = paddle.to_tensor(rng.standard_normal((8, 6)).astype(np.float32), stop_gradient=False)
-        head(x, paddle.to_tensor(rng.integers(0, 200, 8))).backward()
-        dense[head.index] += head.sampled.grad.numpy()
-        opt.accumulate()
-    used = np.flatnonzero(np.abs(dense).sum(axis=1) > 0)
-    assert 20 < len(used) <= 40  # two draws of 20 rows that differ
-    opt.step(0.1)
-    opt.clear_grad()
-    v_ref = dense + 5e-4 * w0
-    w_ref = w0 - 0.1 * v_ref
-    w = head.weight.numpy()
-    untouched = np.setdiff1d(np.arange(200), used)
-    assert np.array_equal(w[untouched], w0[untouched].astype(np.float32))
-    _close(w[used], w_ref[used], rtol=1e-5)
-    _close(opt.velocity.numpy()[used], v_ref[used], rtol=1e-5)
+    x = rng.standard_normal((12, 6)).astype(np.float32)
+    y = rng.integers(0, 200, 12)
+    big, micro = build_head(cfg, loss_cfg, seed=4), build_head(cfg, loss_cfg, seed=4)
+    xb = paddle.to_tensor(x, stop_gradient=False)
+    big(xb, paddle.to_tensor(y)).backward()
+    plan = micro.plan([paddle.to_tensor(y[:8]), paddle.to_tensor(y[8:])])
+    xs = [paddle.to_tensor(x[:8], stop_gradient=False), paddle.to_tensor(x[8:], stop_gradient=False)]
+    for i, (part, w) in enumerate(zip(xs, (8 / 12, 4 / 12))):
+        (micro(part, paddle.to_tensor(y[:8] if i == 0 else y[8:]), plan, i) * w).backward()
+    (bi, bg, _), (mi, mg, _) = big.sparse_grad(), micro.sparse_grad()
+    assert np.array_equal(bi.numpy(), mi.numpy()) and len(bi.numpy()) == 20
+    _close(mg.numpy(), bg.numpy(), rtol=1e-5)
+    _close(np.concatenate([t.grad.numpy() for t in xs]), xb.grad.numpy(), rtol=1e-5)
 
 
+@pytest.mark.parametrize("nesterov", [False, True])
 @pytest.mark.parametrize("ratio", [1.0, 0.3])
-def test_numpy_fast_path_equals_paddle_path(monkeypatch, ratio):
+def test_numpy_route_equals_paddle_route(monkeypatch, ratio, nesterov):
     """On CPU rows move and update through numpy views of the tensors; GPUs take Paddle's kernels.
-    Both routes give the same loss, gradients and updated weights (the Paddle route forced here)."""
-    import plsc.nn.rows as rows_mod
+    Both routes choose the same rows and give the same loss, gradients and updated weights."""
     import plsc.nn.softmax_ce as ce_mod
-    import plsc.optim.sparse_momentum as sm_mod
+    import plsc.optim.sparse as sp_mod
 
     def run():
         cfg = {"num_features": 8, "class_num": 50, "pfc_config": {"sample_ratio": ratio, "model_parallel": True}}
         head = build_head(cfg, [{"MarginLoss": {"m2": 0.5, "m3": 0.1, "s": 16.0}}], seed=2)
-        opt = SparseMomentum(head, 0.9, 5e-4)
+        opt = SparseMomentum(head.weight, 0.9, 5e-4, use_nesterov=nesterov)
         rng = np.random.default_rng(3)
         out = []
         for _ in range(3):
-            x = paddle.to_tensor(rng.standard_normal((6, 8)).astype(np.float32), stop_gradient=False)
-            loss = head(x, paddle.to_tensor(rng.integers(0, 50, 6)))
-            loss.backward()
-            out += [loss.numpy(), x.grad.numpy(), head.sampled.grad.numpy()]
-            opt.accumulate()
-            opt.step(0.1)
-            opt.clear_grad()
-        return out + [head.weight.numpy(), opt.velocity.numpy()]
+            idx, g, loss, xg = _step(head, opt, rng.standard_normal((6, 8)).astype(np.float32),
+                                     rng.integers(0, 50, 6), 0.1)
+            out += [loss, xg, g] + ([] if idx is None else [idx])
+        return out + [head.weight.numpy(), opt.slots["momentum"].numpy()]
 
     monkeypatch.setattr(ce_mod, "_CHUNK", 16)  # several chunks (and slices at an offset) on both routes
-    monkeypatch.setattr(sm_mod, "_CHUNK", 16)
+    monkeypatch.setattr(sp_mod, "_CHUNK", 16)
+    monkeypatch.setenv("PLSC_NUMPY_ROUTE", "1")
     fast = run()
-    for mod in (rows_mod, sm_mod):  # the modules that look host_view up
-        monkeypatch.setattr(mod, "host_view", lambda t: None)
+    monkeypatch.setenv("PLSC_NUMPY_ROUTE", "0")
     slow = run()
     for a, b in zip(fast, slow):
         _close(a, b, rtol=1e-5, atol=1e-7)
 
 
-def test_dense_step_equals_paddle_momentum():
+@pytest.mark.parametrize("nesterov", [False, True])
+def test_dense_step_equals_paddle_momentum(nesterov):
     cfg = {"num_features": 5, "class_num": 7, "pfc_config": {"sample_ratio": 1.0, "model_parallel": True}}
     head = build_head(cfg, [{"MarginLoss": {}}], seed=1)
     ref = paddle.create_parameter([7, 5], "float32")
     ref.set_value(head.weight.numpy())
-    mom = paddle.optimizer.Momentum(0.1, 0.9, parameters=[ref], weight_decay=paddle.regularizer.L2Decay(5e-4))
-    opt = SparseMomentum(head, 0.9, 5e-4)
+    mom = paddle.optimizer.Momentum(0.1, 0.9, parameters=[ref], use_nesterov=nesterov,
+                                    weight_decay=paddle.regularizer.L2Decay(5e-4))
+    opt = build_sparse_optimizer({"name": "Momentum", "momentum": 0.9, "weight_decay": 5e-4,
+                                  "use_nesterov": nesterov}, head.weight)
+    assert opt.use_nesterov == nesterov
     rng = np.random.default_rng(1)
     for _ in range(3):
         x, y = rng.standard_normal((4, 5)).astype(np.float32), rng.integers(0, 7, 4)
-        head(paddle.to_tensor(x), paddle.to_tensor(y)).backward()
-        opt.accumulate()
-        (ref * opt.grads()[0].detach()).sum().backward()  # ref.grad = the head's gradient
+        _, g, _, _ = _step(head, opt, x, y, 0.1)
+        (ref * paddle.to_tensor(g)).sum().backward()  # ref.grad = the head's gradient
         mom.step()
         mom.clear_grad()
-        opt.step(0.1)
-        opt.clear_grad()
         _close(head.weight.numpy(), ref.numpy(), rtol=1e-6)
 
 
 def test_bad_input_and_config():
     cfg = {"num_features": 4, "class_num": 10, "pfc_config": {"sample_ratio": 1.0, "model_parallel": True}}
     head = build_head(cfg, [{"MarginLoss": {}}])
-    with pytest.raises(DataError, match="label 10 is out of range.*class_num is 10"):
-        head(paddle.randn([2, 4]), paddle.to_tensor([1, 10]))
-    with pytest.raises(DataError, match="label -1 is out of range"):
-        head(paddle.randn([2, 4]), paddle.to_tensor([-1, 0]))
+    for labels, bad in (([1, 10], 10), ([-1, 0], -1)):  # ignored on the device, reported without a host read
+        loss = head(paddle.randn([2, 4]), paddle.to_tensor(labels))
+        assert np.isfinite(loss.item()) and head.last_plan.label_status().item() == 1.0
+        with pytest.raises(DataError, match=f"label {bad} is out of range.*class_num is 10"):
+            head.last_plan.raise_for_labels()
+    head(paddle.randn([2, 4]), paddle.to_tensor([0, 9]))
+    assert head.last_plan.label_status().item() == 0.0
     for ratio in (0.0, 1.5):
         bad = dict(cfg, pfc_config={"sample_ratio": ratio, "model_parallel": True})
         with pytest.raises(ConfigError, match=f"sample_ratio must be in \\(0, 1\\], got {ratio}"):
@@ -273,46 +301,40 @@ def test_bad_input_and_config():
 
 
 def test_sparse_adamw_dense_step_equals_paddle_adamw_and_skips_unsampled_rows():
-    from plsc.optim.sparse_momentum import build_sparse_optimizer
-
     cfg = {"num_features": 5, "class_num": 7, "pfc_config": {"sample_ratio": 1.0, "model_parallel": True}}
     head = build_head(cfg, [{"MarginLoss": {}}], seed=1)
     ref = paddle.create_parameter([7, 5], "float32")
     ref.set_value(head.weight.numpy())
     adamw = paddle.optimizer.AdamW(0.01, parameters=[ref], weight_decay=0.05)
-    opt = build_sparse_optimizer({"name": "AdamW", "weight_decay": 0.05}, head)
+    opt = build_sparse_optimizer({"name": "AdamW", "weight_decay": 0.05}, head.weight)
     assert type(opt).__name__ == "SparseAdamW"
     rng = np.random.default_rng(2)
     for _ in range(3):
         x, y = rng.standard_normal((4, 5)).astype(np.float32), rng.integers(0, 7, 4)
-        head(paddle.to_tensor(x), paddle.to_tensor(y)).backward()
-        opt.accumulate()
-        (ref * opt.grads()[0].detach()).sum().backward()
+        _, g, _, _ = _step(head, opt, x, y, 0.01)
+        (ref * paddle.to_tensor(g)).sum().backward()
         adamw.step()
         adamw.clear_grad()
-        opt.step(0.01)
-        opt.clear_grad()
         _close(head.weight.numpy(), ref.numpy(), rtol=1e-6)
     # sampled: rows never used keep weight and both moments; the state survives a shard round trip
     cfg = {"num_features": 6, "class_num": 300, "pfc_config": {"sample_ratio": 0.05, "model_parallel": True}}
     head = build_head(cfg, [{"MarginLoss": {}}], seed=9)
-    opt = build_sparse_optimizer({"name": "AdamW", "weight_decay": 0.05}, head)
+    opt = build_sparse_optimizer({"name": "AdamW", "weight_decay": 0.05}, head.weight)
     w0, used = head.weight.numpy().copy(), np.zeros(300, bool)
     for _ in range(3):
-        head(paddle.to_tensor(rng.standard_normal((8, 6)).astype(np.float32)),
-             paddle.to_tensor(rng.integers(0, 300, 8))).backward()
-        opt.accumulate()
-        used[head.index] = True
-        opt.step(0.01)
-        opt.clear_grad()
+        idx, _, _, _ = _step(head, opt, rng.standard_normal((8, 6)).astype(np.float32), rng.integers(0, 300, 8), 0.01)
+        used[idx] = True
     assert used.sum() < 300
     assert np.array_equal(head.weight.numpy()[~used], w0[~used])
     assert not opt.slots["moment1"].numpy()[~used].any() and opt.slots["moment2"].numpy()[used].any()
-    state = opt.shard_state()
-    twin = build_sparse_optimizer({"name": "AdamW", "weight_decay": 0.05},
-                                  build_head(cfg, [{"MarginLoss": {}}], seed=4))
-    twin.load_shards([state])
+    shard = ckpt.fc_shard_arrays(head, opt)
+    twin_head = build_head(cfg, [{"MarginLoss": {}}], seed=4)
+    twin = build_sparse_optimizer({"name": "AdamW", "weight_decay": 0.05}, twin_head.weight)
+    ckpt.load_fc_shards(twin_head, twin, [shard])
     assert twin.num_steps == 3 and np.array_equal(twin.slots["moment2"].numpy(), opt.slots["moment2"].numpy())
+    assert np.array_equal(twin_head.weight.numpy(), head.weight.numpy()) and twin_head.draws == head.draws
+    with pytest.raises(ConfigError, match="Optimizer.name=Lamb: there is no sparse version"):
+        build_sparse_optimizer({"name": "Lamb"}, head.weight)
 
 
 _FAULTS = r"""

@@ -2,6 +2,7 @@
 
     python tools/bench_partial_fc.py                       # the default grid (C x W x ratio), prints a table
     python tools/bench_partial_fc.py --classes 5000000 --world 2 --ratio 0.1 --batch 32 --steps 3
+    python tools/bench_partial_fc.py --routes                # numpy route vs Paddle route (PLSC_NUMPY_ROUTE=0)
 
 Each configuration runs in fresh processes (2 ranks through paddle.distributed.launch for W=2) so
 peak RSS belongs to it alone. One step = PartialFC forward + backward + sparse momentum update
@@ -39,7 +40,7 @@ def one(args):
     import paddle.distributed as dist
 
     from plsc.nn import build_head
-    from plsc.optim.sparse_momentum import SparseMomentum
+    from plsc.optim.sparse import SparseMomentum
 
     world = int(os.environ.get("PADDLE_TRAINERS_NUM", "1"))
     if world > 1:
@@ -49,7 +50,7 @@ def one(args):
     head = build_head({"num_features": args.dim, "class_num": args.classes,
                        "pfc_config": {"sample_ratio": args.ratio, "model_parallel": True}},
                       [{"MarginLoss": {"m2": 0.5}}], seed=0)
-    opt = SparseMomentum(head, 0.9, 5e-4)
+    opt = SparseMomentum(head.weight, 0.9, 5e-4)
     init_s = time.perf_counter() - t0
     rng = np.random.default_rng(rank)
     times = []
@@ -61,13 +62,12 @@ def one(args):
         t = time.perf_counter()
         loss = head(x, y)
         loss.backward()
-        opt.accumulate()
-        opt.step(0.1)
-        opt.clear_grad()
+        opt.step(*head.sparse_grad()[:2], 0.1, rows=head.sparse_grad()[2])
+        head.clear_sparse_grad()
         _ = loss.item()
         if step:  # the first step is warm-up
             times.append(time.perf_counter() - t)
-    k = head.num_sample
+    k = max(head.num_sample, min(head.num_local, args.batch * world))
     n = args.batch * world
     a = paddle.randn([n, args.dim])
     b = paddle.randn([k, args.dim])
@@ -79,9 +79,9 @@ def one(args):
     rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
     row = {"classes": args.classes, "world": world, "ratio": args.ratio, "batch": args.batch, "dim": args.dim,
            "rows_used": k, "step_s": float(np.median(times)), "floor_s": 6 * n * k * args.dim / flops,
-           "peak_rss": rss, "persistent_bytes_per_class": (head.weight.numel().item() * 4 + opt.velocity.numel().item()
-                                                           * 4) / head.num_local, "init_s": init_s,
-           "loss": loss.item()}
+           "peak_rss": rss, "persistent_bytes_per_class": (head.weight.size * 4 + opt.slots["momentum"].size * 4)
+           / head.num_local, "init_s": init_s, "loss": loss.item(),
+           "route": "numpy" if os.environ.get("PLSC_NUMPY_ROUTE", "1") != "0" else "paddle"}
     if world > 1:
         t = paddle.to_tensor([rss], dtype="int64")
         dist.all_reduce(t, op=dist.ReduceOp.MAX)
@@ -90,10 +90,12 @@ def one(args):
         print("RESULT " + json.dumps(row), flush=True)
 
 
-def run_config(classes, world, ratio, batch, dim, steps):
+def run_config(classes, world, ratio, batch, dim, steps, route=None):
     cmd = [__file__, "--one", "--classes", str(classes), "--ratio", str(ratio), "--batch", str(batch),
            "--dim", str(dim), "--steps", str(steps)]
     env = dict(os.environ)
+    if route is not None:
+        env["PLSC_NUMPY_ROUTE"] = "1" if route == "numpy" else "0"
     if world > 1:
         log_dir = tempfile.mkdtemp(prefix="bench_pfc_")
         full = [sys.executable, "-m", "paddle.distributed.launch", "--nproc_per_node", str(world),
@@ -112,15 +114,16 @@ def run_config(classes, world, ratio, batch, dim, steps):
 
 
 def table(rows):
-    head = (f"| classes | W | ratio | batch/rank | rows used/rank | step (s) | matmul floor (s) | step/floor "
+    head = (f"| classes | W | ratio | batch/rank | route | rows used/rank | step (s) | matmul floor (s) | step/floor "
             f"| peak RSS/rank (GiB) | bytes/class/rank (weight+mom) | vs 8*D |")
-    lines = [head, "|" + "---|" * 11]
+    lines = [head, "|" + "---|" * 12]
     for r in rows:
         if "skipped" in r:
-            lines.append(f"| {r['classes']:,} | {r['world']} | {r['ratio']} | {r['batch']} | | skipped: {r['skipped']} "
-                         f"| | | | | |")
+            lines.append(f"| {r['classes']:,} | {r['world']} | {r['ratio']} | {r['batch']} | | | skipped: "
+                         f"{r['skipped']} | | | | | |")
             continue
-        lines.append(f"| {r['classes']:,} | {r['world']} | {r['ratio']} | {r['batch']} | {r['rows_used']:,} | "
+        lines.append(f"| {r['classes']:,} | {r['world']} | {r['ratio']} | {r['batch']} | {r['route']} | "
+                     f"{r['rows_used']:,} | "
                      f"{r['step_s']:.3f} | {r['floor_s']:.3f} | {r['step_s'] / r['floor_s']:.2f} | "
                      f"{r['peak_rss'] / 2 ** 30:.2f} | {r['persistent_bytes_per_class']:.0f} | "
                      f"{r['persistent_bytes_per_class'] / (8 * r['dim']):.3f} |")
@@ -137,18 +140,23 @@ def main():
     p.add_argument("--dim", type=int, default=512)
     p.add_argument("--steps", type=int, default=5)
     p.add_argument("--force", action="store_true", help="run even when the memory estimate exceeds 90%% of RAM")
+    p.add_argument("--routes", action="store_true",
+                   help="each configuration with the numpy route and with the Paddle route (what GPUs run)")
     args = p.parse_args()
     if args.one:
         return one(args)
     grid = [(args.classes, args.world, args.ratio)] if args.classes else GRID
+    if args.routes and not args.classes:
+        grid = [(c, w, r) for c in (100_000, 1_000_000) for w in (1,) for r in (1.0, 0.1)]
+    routes = ("numpy", "paddle") if args.routes else (None,)
     rows = []
-    for classes, world, ratio in grid:
+    for (classes, world, ratio), route in [(g, r) for g in grid for r in routes]:
         need = estimate_bytes(classes, world, ratio, args.batch, args.dim) * world
         if need > 0.9 * HOST_BYTES and not args.force:
             rows.append({"classes": classes, "world": world, "ratio": ratio, "batch": args.batch,
                          "skipped": f"needs ~{need / 2 ** 30:.0f} GiB of {HOST_BYTES / 2 ** 30:.0f}"})
         else:
-            rows.append(run_config(classes, world, ratio, args.batch, args.dim, args.steps))
+            rows.append(run_config(classes, world, ratio, args.batch, args.dim, args.steps, route))
         print(table(rows[-1:]).splitlines()[-1], flush=True)
     print()
     print(table(rows))

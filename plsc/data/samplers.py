@@ -18,10 +18,10 @@ from plsc.registry import SAMPLERS
 
 def _world(rank, world_size):
     if rank is None or world_size is None:
-        import paddle.distributed as dist
+        from plsc import distributed
 
-        rank = dist.get_rank() if rank is None else rank
-        world_size = dist.get_world_size() if world_size is None else world_size
+        rank = distributed.rank() if rank is None else rank
+        world_size = distributed.world_size() if world_size is None else world_size
     rank, world_size = int(rank), int(world_size)
     if world_size < 1 or not 0 <= rank < world_size:
         raise ConfigError(f"sampler: rank {rank} is not in [0, world_size={world_size})")
@@ -30,6 +30,8 @@ def _world(rank, world_size):
 
 @SAMPLERS.register()
 class DistributedBatchSampler:
+    equal_batches_across_ranks = True  # every rank's k-th batch has the same size (the engine relies on it)
+
     def __init__(self, dataset, batch_size, shuffle=True, drop_last=False, seed=0, rank=None, world_size=None):
         if not isinstance(batch_size, int) or batch_size < 1:
             raise ConfigError(f"sampler.batch_size must be a positive integer, got {batch_size!r}")

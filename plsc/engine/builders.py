@@ -3,6 +3,7 @@ import os
 
 import paddle
 
+from plsc.env import tune_allocator
 from plsc.errors import ConfigError
 from plsc.registry import DATASETS, MODELS, SAMPLERS
 
@@ -68,4 +69,5 @@ def device_of(cfg, log):
         paddle.set_device(f"gpu:{paddle.distributed.ParallelEnv().device_id}")
     else:
         paddle.set_device("cpu")
+        tune_allocator()  # CPU runs only: GPU runs keep glibc's defaults
     return want

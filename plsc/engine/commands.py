@@ -12,7 +12,7 @@ def _is_exported(path):
 
 def run_eval(cfg):
     """Evaluate every configured set with a checkpoint or an exported model (Paddle inference / ONNX)."""
-    from plsc.engine.dp import world
+    from plsc.distributed import init as init_distributed
     from plsc.engine.engine import Engine
     from plsc.engine.evaluation import Evaluator
     from plsc.engine.logger import setup_logger
@@ -24,7 +24,7 @@ def run_eval(cfg):
     if _is_exported(path):
         from plsc.inference import load_embedder
 
-        rank, world_size = world()
+        rank, world_size = init_distributed()
         log = setup_logger(None, rank)
         evaluator = Evaluator(cfg, rank, world_size, log)
         embed_fn = load_embedder(path)

@@ -1,47 +1,37 @@
-"""Data parallelism for the backbone: identical start, gradients averaged across ranks.
+"""Data parallelism for the backbone through paddle.DataParallel; BatchNorm statistics across ranks.
 
-BatchNorm running statistics stay per rank (as in paddle.DataParallel); rank 0's are saved.
+`paddle.DataParallel` broadcasts rank 0's parameters and buffers at construction and, during
+backward, all-reduces (and averages) the gradients in fused buckets as they become ready, so the
+communication overlaps the rest of the backward pass. The sharded FC stays outside it (its rows
+differ per rank; plsc.nn.partial_fc communicates for itself).
+
+BatchNorm running statistics stay per rank (as in paddle.DataParallel); `average_running_stats`
+makes every rank hold the same model before evaluation and saving.
 """
+import contextlib
+
 import paddle
 import paddle.distributed as dist
 
-
-def world():
-    """(rank, world_size); initializes the process group when launched with several ranks."""
-    n = int(paddle.distributed.ParallelEnv().world_size)
-    if n > 1 and not dist.is_initialized():
-        dist.init_parallel_env()
-    return (dist.get_rank() if n > 1 else 0), n
+from plsc.distributed import world_size
+from plsc.errors import ConfigError
 
 
-def broadcast_from_rank0(layer):
-    """Make every rank start from rank 0's parameters and buffers."""
-    if dist.get_world_size() < 2:
-        return
-    with paddle.no_grad():
-        for t in list(layer.parameters()) + list(layer.buffers()):
-            dist.broadcast(t, src=0)
+def data_parallel(backbone, enabled, world):
+    """The module the train step calls: paddle.DataParallel(backbone) on several ranks."""
+    if world < 2:
+        return backbone
+    if not enabled:
+        raise ConfigError(f"DistributedStrategy.data_parallel=false with {world} ranks would train {world} "
+                          f"different backbones against one classifier; set it to true (or run one rank)")
+    return paddle.DataParallel(backbone)
 
 
-def average_grads(params):
-    """All-reduce the grads of `params` in one flat buffer per dtype and divide by the world size."""
-    n = dist.get_world_size()
-    if n < 2:
-        return
-    by_dtype = {}
-    for p in params:
-        if p.grad is not None:
-            by_dtype.setdefault(p.grad.dtype, []).append(p)
-    with paddle.no_grad():
-        for group in by_dtype.values():
-            flat = paddle.concat([p.grad.reshape([-1]) for p in group])
-            dist.all_reduce(flat)
-            flat = flat / n
-            offset = 0
-            for p in group:
-                size = p.grad.size
-                paddle.assign(flat[offset: offset + size].reshape(p.grad.shape), output=p.grad)
-                offset += size
+def no_sync(model, skip):
+    """Context: no gradient all-reduce for this backward (accumulation micro-batches but the last)."""
+    if skip and isinstance(model, paddle.DataParallel):
+        return model.no_sync()
+    return contextlib.nullcontext()
 
 
 def average_running_stats(layer):
@@ -49,7 +39,7 @@ def average_running_stats(layer):
 
     Each rank's BN sees only its own batches; averaging before evaluation and saving makes every
     rank hold the same model, so evaluation split across ranks embeds with one set of weights."""
-    n = dist.get_world_size()
+    n = world_size()
     if n < 2:
         return
     stats = [p for p in layer.parameters() if p.stop_gradient] + [b for b in layer.buffers()
@@ -65,8 +55,3 @@ def average_running_stats(layer):
             size = t.size
             paddle.assign(flat[offset: offset + size].reshape(t.shape).astype(t.dtype), output=t)
             offset += size
-
-
-def barrier():
-    if dist.get_world_size() > 1:
-        dist.barrier()

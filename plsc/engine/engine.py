@@ -3,9 +3,12 @@
     engine = Engine(cfg, mode="train")   # or "eval" / "export"
     engine.train()
 
-One training step (`train_step`) reads top-down: forward under the AMP policy, margin loss,
-scaled backward, gradient averaging, unscale + finiteness check (all ranks agree), clip,
-dense + sparse optimizer steps, scaler update. Checkpoints and evaluation hang off the loop.
+One training step (`train_step`) reads top-down: the loader batch split into Global.accum_steps
+micro-batches, the FC rows of the step chosen once (`head.plan`), per micro-batch forward under
+the AMP policy, margin loss, scaled backward (paddle.DataParallel all-reduces the backbone's
+gradients during the last one), then one check of every gradient (finite on all ranks, unscale,
+clip: the step's one host read), dense + sparse optimizer steps, scaler update. The loss stays on
+the device; it is read only on logging steps. Checkpoints and evaluation hang off the loop.
 """
 import os
 import time
@@ -17,23 +20,24 @@ from plsc.amp import AmpPolicy, LossScaler
 from plsc.config import dump_config
 from plsc.engine import checkpoint as ckpt
 from plsc.engine.builders import build_backbone, build_train_loader, device_of
-from plsc.engine.dp import average_grads, average_running_stats, barrier, broadcast_from_rank0, world
+from plsc.engine.dp import average_running_stats, data_parallel, no_sync
 from plsc.engine.evaluation import Evaluator
 from plsc.engine.logger import ScalarWriter, setup_logger
 from plsc.engine.watchdog import Watchdog
 from plsc.engine.resume import load_pretrained, restore_training, save_training
+from plsc.distributed import barrier, init as init_distributed, shard_range
 from plsc.errors import ConfigError, PlscError
 from plsc.nn import build_head
+from plsc.optim.grad_step import GradCheck
 from plsc.optim.lr import build_lr_schedule
-from plsc.optim.optimizers import build_optimizer
-from plsc.optim.sparse_momentum import build_sparse_optimizer
+from plsc.optim.optimizers import build_optimizer, build_sparse_optimizer
 
 
 class Engine:
     def __init__(self, cfg, mode="train"):
         self.cfg, self.mode = cfg, mode
         g = cfg["Global"]
-        self.rank, self.world_size = world()
+        self.rank, self.world_size = init_distributed()
         self.run_dir = _prepare_run_dir(g["output_dir"], cfg["Model"]["name"], self.rank)
         self.log = setup_logger(self.run_dir, self.rank, f"{mode}.log")
         self.device = device_of(cfg, self.log)
@@ -62,27 +66,26 @@ class Engine:
         if g["accum_steps"] < 1:
             raise ConfigError(f"Global.accum_steps must be >= 1, got {g['accum_steps']}")
         self.dataset, self.sampler, self.loader = build_train_loader(cfg, self.rank, self.world_size)
+        batch_size = cfg["DataLoader"]["Train"]["sampler"]["batch_size"]
+        if g["accum_steps"] > batch_size:
+            raise ConfigError(f"Global.accum_steps={g['accum_steps']} splits each batch of "
+                              f"DataLoader.Train.sampler.batch_size={batch_size} into micro-batches: it must be "
+                              f"<= the batch size")
         self.head = build_head(cfg["Model"], cfg["Loss"]["Train"], g["seed"])
-        self.steps_per_epoch = len(self.sampler) // g["accum_steps"]
-        if self.steps_per_epoch == 0:
-            raise ConfigError(f"Global.accum_steps={g['accum_steps']} exceeds the {len(self.sampler)} "
-                              f"batches of an epoch")
+        self.steps_per_epoch = len(self.sampler)
         self.schedule = build_lr_schedule(cfg["LRScheduler"], self.steps_per_epoch, g["epochs"])
-        self.opt, self.clip = build_optimizer(cfg["Optimizer"], self.backbone, self.schedule(0),
-                                              multi_precision=self.amp.level == "O2")
+        self.opt, clip = build_optimizer(cfg["Optimizer"], self.backbone, self.schedule(0),
+                                         multi_precision=self.amp.level == "O2")
         self.backbone, self.opt = self.amp.decorate(self.backbone, self.opt,
                                                     excluded_layers=self.backbone.fp32_layers())
-        self.head_opt = build_sparse_optimizer(cfg["Optimizer"], self.head, multi_precision=self.amp.level == "O2")
+        self.model = data_parallel(self.backbone, cfg["DistributedStrategy"]["data_parallel"], self.world_size)
+        self.fc_opt = build_sparse_optimizer(cfg["Optimizer"], self.head.weight)
         self.scaler = LossScaler.from_config(cfg["FP16"])
-        broadcast_from_rank0(self.backbone)
-        self.global_batch = cfg["DataLoader"]["Train"]["sampler"]["batch_size"] * self.world_size * g["accum_steps"]
+        self.grad_check = GradCheck(self.scaler, clip, self.world_size)
+        self.global_batch = batch_size * self.world_size
         self.state = {"epoch": 0, "batch_in_epoch": 0, "global_step": 0, "best": {}, "skipped_steps": 0,
                       "consecutive_skips": 0}
         self.writer = ScalarWriter(self.run_dir, g["use_visualdl"] and self.rank == 0)
-        leftover = len(self.sampler) % g["accum_steps"]
-        if leftover:
-            self.log.warning(f"each epoch has {len(self.sampler)} batches per rank; with accum_steps="
-                             f"{g['accum_steps']} the last {leftover} batch(es) of every epoch are not used")
 
     # ------------------------------------------------------------------ training
     def train(self):
@@ -104,22 +107,21 @@ class Engine:
         return m is not None and self.state["global_step"] >= m
 
     def _train_epoch(self):
-        g, st = self.cfg["Global"], self.state
-        accum = g["accum_steps"]
+        st = self.state
         self.sampler.set_epoch(st["epoch"], start_batch=st["batch_in_epoch"])
         if hasattr(self.dataset, "set_epoch"):
             self.dataset.set_epoch(st["epoch"])
         self.backbone.train()
         batches = iter(self.loader)
         timer = _Timer()
-        for _ in range(st["batch_in_epoch"] // accum, self.steps_per_epoch):
-            micro = [next(batches) for _ in range(accum)]
+        for _ in range(st["batch_in_epoch"], self.steps_per_epoch):
+            batch = next(batches)
             timer.data_ready()
             with self.watchdog(f"train step {st['global_step'] + 1}", step=st["global_step"] + 1):
-                loss = self.train_step(micro)
+                loss = self.train_step(batch)
             self.watchdog.beat(st["global_step"] + 1)
             timer.step_done()
-            st["batch_in_epoch"] += accum
+            st["batch_in_epoch"] += 1
             st["global_step"] += 1
             self._after_step(loss, timer)
             if self._reached_max_step():
@@ -128,35 +130,46 @@ class Engine:
         st["batch_in_epoch"] = 0
         self._after_epoch()
 
-    def train_step(self, micro_batches):
+    def train_step(self, batch):
+        """One optimizer step on one loader batch; returns the loss as a device scalar."""
         g, st = self.cfg["Global"], self.state
         paddle.seed((g["seed"] + 7919 * st["global_step"] + 104729 * self.rank) % (2 ** 31))
-        total = 0.0
-        for images, labels in micro_batches:
-            with self.amp.autocast():
-                features = self.backbone(images)
-            loss = self.head(features, labels) / len(micro_batches)
-            self.scaler.scale(loss).backward()
-            self.head_opt.accumulate()
-            total += loss.item()
-        if self.cfg["DistributedStrategy"]["data_parallel"]:
-            average_grads(self.backbone.parameters())
-        grads = [p.grad for p in self.backbone.parameters() if p.grad is not None] + self.head_opt.grads()
-        found_inf = self.scaler.unscale_and_check(grads) or not np.isfinite(total)
+        micro = split_batch(batch, g["accum_steps"])
+        sizes = [[int(labels.shape[0])] * self.world_size for _, labels in micro] if self._equal_batches else None
+        plan = self.head.plan([labels for _, labels in micro], sizes)
+        weights = _micro_weights(plan.sizes)
+        total = None
+        for i, (images, labels) in enumerate(micro):
+            with no_sync(self.model, skip=i < len(micro) - 1):
+                with self.amp.autocast():
+                    features = self.model(images)
+                loss = self.head(features, labels, plan, i)
+                if len(micro) > 1:
+                    loss = loss * weights[i]
+                self.scaler.scale(loss).backward()
+            total = loss.detach() if total is None else total + loss.detach()
+        index, fc_grad, rows = self.head.sparse_grad()
+        verdict = self.grad_check([(p.name, p.grad) for p in self.backbone.parameters() if not p.stop_gradient],
+                                  fc=(self.head.weight_name, fc_grad, self.head.model_parallel), loss=total,
+                                  status=plan.label_status())
         lr = self.schedule(st["global_step"])
-        if not found_inf:
-            if self.clip is not None:
-                self.clip([(p.name, p.grad) for p in self.backbone.parameters()], self.head_opt.named_grads(),
-                          all_reduce=paddle.distributed.all_reduce if self.world_size > 1 else None)
+        if verdict.status:
+            plan.raise_for_labels()
+        if verdict.ok:
             self.opt.set_lr(lr)
             self.opt.step()
-            self.head_opt.step(lr)
-        self.scaler.update(found_inf)
+            self.fc_opt.step(index, fc_grad, lr, rows=rows)
+        self.scaler.update(not verdict.ok)
         self.opt.clear_grad()
-        self.head_opt.clear_grad()
-        self._count_skip(found_inf, total)
+        self.head.clear_sparse_grad()
+        self._count_skip(not verdict.ok, total)
         self.last_lr = lr
         return total
+
+    @property
+    def _equal_batches(self):
+        """Every rank's batch has the same size (plsc's samplers guarantee it): no size exchange needed."""
+        return getattr(self.sampler, "equal_batches_across_ranks", False)
 
     def _count_skip(self, skipped, loss):
         st = self.state
@@ -165,13 +178,13 @@ class Engine:
             return
         st["skipped_steps"] += 1
         st["consecutive_skips"] += 1
-        self.log.warning(f"step {st['global_step'] + 1}: non-finite loss ({loss}) or gradient; update skipped "
+        self.log.warning(f"step {st['global_step'] + 1}: non-finite loss ({loss.item()}) or gradient; update skipped "
                          f"({st['skipped_steps']} skipped so far, loss scale now {self.scaler.scale_value:g})")
         limit = self.cfg["Global"]["max_nan_skips"]
         if limit and st["consecutive_skips"] >= limit:
             # this step's batch was consumed: count it, so a resume continues after it
             st["global_step"] += 1
-            st["batch_in_epoch"] += self.cfg["Global"]["accum_steps"]
+            st["batch_in_epoch"] += 1
             self.save("latest")
             raise PlscError(f"{limit} consecutive steps had a non-finite loss or gradient (last at step "
                             f"{st['global_step']}); stopped. The last good state is saved in "
@@ -181,18 +194,19 @@ class Engine:
         g, st = self.cfg["Global"], self.state
         step = st["global_step"]
         if step % g["print_batch_step"] == 0 or step == 1:
-            steps_left = (g["epochs"] - st["epoch"]) * self.steps_per_epoch - st["batch_in_epoch"] // g["accum_steps"]
+            value = loss.item()  # the loss is read back on logging steps only
+            steps_left = (g["epochs"] - st["epoch"]) * self.steps_per_epoch - st["batch_in_epoch"]
             if g["max_train_step"] is not None:
                 steps_left = min(steps_left, g["max_train_step"] - step)
             rc, bc = timer.averages()
             ips = self.global_batch / bc if bc > 0 else 0.0
             self.log.info(
-                f"epoch {st['epoch']} step {st['batch_in_epoch'] // g['accum_steps']}/{self.steps_per_epoch} "
-                f"global_step {step} lr {self.last_lr:.6f} loss: {loss:.6f} reader_cost: {rc:.5f}s "
+                f"epoch {st['epoch']} step {st['batch_in_epoch']}/{self.steps_per_epoch} "
+                f"global_step {step} lr {self.last_lr:.6f} loss: {value:.6f} reader_cost: {rc:.5f}s "
                 f"batch_cost: {bc:.5f}s ips: {ips:.2f} images/sec eta: {_fmt_eta(bc * steps_left)}")
             timer.reset()
-        self.writer.add("train/loss", loss, step)
-        self.writer.add("train/lr", self.last_lr, step)
+            self.writer.add("train/loss", value, step)
+            self.writer.add("train/lr", self.last_lr, step)
         if g["save_unit"] == "step" and step % g["save_interval"] == 0:
             self.save("latest")
         if g["eval_during_train"] and g["eval_unit"] == "step" and step % g["eval_interval"] == 0:
@@ -270,9 +284,7 @@ class _Timer:
         self.reader, self.batch, self.n = 0.0, 0.0, 0
 
     def data_ready(self):
-        now = time.perf_counter()
-        self.reader += now - self._t
-        self._data_t = now
+        self.reader += time.perf_counter() - self._t
 
     def step_done(self):
         now = time.perf_counter()
@@ -282,6 +294,24 @@ class _Timer:
 
     def averages(self):
         return (self.reader / max(1, self.n), self.batch / max(1, self.n))
+
+
+def split_batch(batch, parts):
+    """A loader batch (images, labels) as `parts` micro-batches (PLSC's Global.accum_steps: the configured
+    batch is split, not multiplied); sizes differ by at most one, empty parts are dropped."""
+    images, labels = batch[0], batch[1]
+    n = int(labels.shape[0])
+    if parts == 1:
+        return [(images, labels)]
+    bounds = [shard_range(n, i, parts) for i in range(parts)]
+    return [(images[a:b], labels[a:b]) for a, b in bounds if b > a]
+
+
+def _micro_weights(sizes_list):
+    """Weight of each micro-batch's mean loss in the step's mean loss (its share of the samples)."""
+    counts = [sum(s) for s in sizes_list]
+    total = sum(counts)
+    return [c / total for c in counts]
 
 
 def _fmt_eta(seconds):

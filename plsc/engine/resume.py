@@ -7,7 +7,7 @@ another world size all of them, merged and re-split for the new sharding.
 import os
 
 from plsc.engine import checkpoint as ckpt
-from plsc.engine.dp import barrier
+from plsc.distributed import barrier
 from plsc.engine.state_io import join_state, layer_arrays, load_layer_arrays, split_state
 from plsc.errors import CheckpointError
 
@@ -18,7 +18,7 @@ def save_training(engine, final_dir):
         ckpt.begin(final_dir)
     barrier()
     tmp = ckpt.tmp_dir_for(final_dir)
-    ckpt.save_arrays(os.path.join(tmp, f"fc_rank{rank}.npz"), engine.head_opt.shard_state())
+    ckpt.save_arrays(os.path.join(tmp, f"fc_rank{rank}.npz"), ckpt.fc_shard_arrays(engine.head, engine.fc_opt))
     if rank == 0:
         ckpt.save_arrays(os.path.join(tmp, "backbone.npz"), layer_arrays(engine.backbone))
         arrays, rest = split_state(engine.opt.state_dict())
@@ -37,12 +37,6 @@ def save_training(engine, final_dir):
     barrier()
 
 
-def _read_fc_shards(ckpt_dir, saved_world):
-    """The saved FC shards one at a time (never all in memory at once)."""
-    for r in range(saved_world):
-        yield ckpt.load_arrays(os.path.join(ckpt_dir, f"fc_rank{r}.npz"))
-
-
 def restore_training(engine, path):
     d = ckpt.resolve(path)
     ckpt.verify(d)
@@ -55,7 +49,7 @@ def restore_training(engine, path):
     opt_state = join_state(ckpt.load_arrays(os.path.join(d, "optimizer.npz")),
                            ckpt.load_json(os.path.join(d, "optimizer.json")))
     engine.opt.set_state_dict(opt_state)
-    engine.head_opt.load_shards(_read_fc_shards(d, state["world_size"]))
+    ckpt.load_fc_shards(engine.head, engine.fc_opt, ckpt.read_fc_shards(d, state["world_size"]))
     engine.scaler.set_state_dict(state["scaler"])
     engine.state.update(state["train_state"])
     engine.state.pop("last_saved_step", None)
@@ -75,12 +69,11 @@ def _convert_data_position(engine, state):
     run starts at the batch that begins there."""
     saved = state.get("micro_global_batch")
     now = engine.cfg["DataLoader"]["Train"]["sampler"]["batch_size"] * engine.world_size
-    st, accum = engine.state, engine.cfg["Global"]["accum_steps"]
+    st = engine.state
     if not saved or saved == now or not st["batch_in_epoch"]:
         return
     samples = st["batch_in_epoch"] * saved
     batch = samples // now
-    batch -= batch % accum
     st["batch_in_epoch"] = batch
     note = "" if batch * now == samples else (f"; {samples - batch * now} samples of the interrupted batch are "
                                               f"read again (the new global batch does not divide the position)")
@@ -101,9 +94,12 @@ def load_pretrained(engine, path):
     if engine.mode != "train":
         return
     state = ckpt.load_json(os.path.join(d, "state.json"))
+    if state["class_num"] is None:  # plsc-import of a backbone-only file
+        engine.log.info(f"pretrained model {d} has no classifier (an imported backbone): the FC starts fresh")
+        return
     if state["class_num"] != engine.cfg["Model"]["class_num"]:
         engine.log.info(f"pretrained model has {state['class_num']} classes, the config "
                         f"{engine.cfg['Model']['class_num']}: the FC starts fresh")
         return
-    engine.head_opt.load_shards(_read_fc_shards(d, state["world_size"]), weights_only=True)
+    ckpt.load_fc_shards(engine.head, engine.fc_opt, ckpt.read_fc_shards(d, state["world_size"]), weights_only=True)
     engine.log.info("loaded the FC weights too (same class_num)")

@@ -3,7 +3,7 @@
     raw, flipped = embed_images(embed_fn, load, n, batch_size=64, flip_test=True, rank=0, world_size=1)
 
 `load(i)` returns image i as float32 [3, H, W] (RGB in [-1, 1]); `embed_fn(np.float32 [N,3,H,W])`
-returns [N, D]. Rank r embeds the contiguous slice [n*r/W, n*(r+1)/W) of the images (and their
+returns [N, D]. Rank r embeds the contiguous slice `plsc.distributed.shard_range(n, r, W)` of the images (and their
 horizontal flips) and the slices are all-gathered, so every rank returns the same full arrays.
 A failure on one rank is sent to every rank, which all raise it (no rank is left waiting).
 Ranks may call embed_fn a different number of times (uneven slices): embed_fn must not run
@@ -14,12 +14,8 @@ from concurrent.futures import ThreadPoolExecutor
 import numpy as np
 
 import plsc.errors as plsc_errors
+from plsc.distributed import shard_range
 from plsc.errors import DataError, PlscError
-
-
-def shard_range(n, rank, world_size):
-    """Contiguous slice [start, end) of n items for `rank` of `world_size` (sizes differ by at most 1)."""
-    return n * rank // world_size, n * (rank + 1) // world_size
 
 
 def _load_batch(load, indices, name):

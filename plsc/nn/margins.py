@@ -47,7 +47,7 @@ class MarginLoss:
         # past this angle m1*theta + m2 >= pi: continue linearly in cos (insightface's fallback)
         self._theta_max = (math.pi - self.m2) / self.m1
 
-    def target_logits(self, cos, norms=None, training=True):
+    def target_logits(self, cos, norms=None):
         if self.m1 == 1.0 and self.m2 == 0.0:
             return cos - self.m3
         theta = _theta(cos)
@@ -89,18 +89,24 @@ class AdaFaceLoss:
         _check("AdaFaceLoss.t_alpha", t_alpha, 0.0, 1.0, "t_alpha must be in [0, 1]")
         self.m, self.h, self.s, self.t_alpha = float(m), float(h), float(s), float(t_alpha)
         self.model_parallel, self.weight = bool(model_parallel), float(weight)
-        self.batch_mean, self.batch_std = 20.0, 100.0  # AdaFace's initial EMA values
+        # AdaFace's initial EMA values; device tensors, so the update needs no host read
+        self.batch_mean = paddle.full([1], 20.0, dtype="float32")
+        self.batch_std = paddle.full([1], 100.0, dtype="float32")
 
+    @paddle.no_grad()
     def update_stats(self, norms):
-        """EMA of the mean / unbiased std of the (global batch's) feature norms."""
+        """EMA of the mean / unbiased std of the (global batch's) feature norms, on the device."""
         safe = paddle.clip(norms.detach(), 0.001, 100.0)
-        mean = safe.mean().item()
-        std = safe.std().item() if safe.shape[0] > 1 else 0.0
+        n = safe.shape[0]
+        mean = safe.mean().reshape([1])
+        # unbiased std written out: paddle.std reads a tensor back to check the degrees of freedom
+        std = (paddle.sqrt(paddle.square(safe - mean).sum() / (n - 1)).reshape([1]) if n > 1
+               else paddle.zeros([1], dtype="float32"))
         a = self.t_alpha
-        self.batch_mean = a * mean + (1 - a) * self.batch_mean
-        self.batch_std = a * std + (1 - a) * self.batch_std
+        self.batch_mean = mean * a + self.batch_mean * (1 - a)
+        self.batch_std = std * a + self.batch_std * (1 - a)
 
-    def target_logits(self, cos, norms, training=True):
+    def target_logits(self, cos, norms):
         safe = paddle.clip(norms.detach(), 0.001, 100.0)
         z = paddle.clip((safe - self.batch_mean) / (self.batch_std + self.eps) * self.h, -1.0, 1.0)
         theta = paddle.acos(paddle.clip(cos, -1.0 + self.eps, 1.0 - self.eps))
@@ -108,12 +114,12 @@ class AdaFaceLoss:
         return paddle.cos(theta_m) - (self.m + self.m * z)
 
     def state(self):
-        return {"adaface_batch_mean": self.batch_mean, "adaface_batch_std": self.batch_std}
+        return {"adaface_batch_mean": self.batch_mean.item(), "adaface_batch_std": self.batch_std.item()}
 
     def load_state(self, state):
         if "adaface_batch_mean" in state:
-            self.batch_mean = float(state["adaface_batch_mean"])
-            self.batch_std = float(state["adaface_batch_std"])
+            self.batch_mean = paddle.full([1], float(state["adaface_batch_mean"]), dtype="float32")
+            self.batch_std = paddle.full([1], float(state["adaface_batch_std"]), dtype="float32")
 
     def __repr__(self):
         return f"AdaFaceLoss(m={self.m}, h={self.h}, s={self.s}, t_alpha={self.t_alpha})"

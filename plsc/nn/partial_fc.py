@@ -1,24 +1,27 @@
 """PartialFC: the class-sharded, sampled, margin-softmax classifier.
 
 Rank r of W owns the weight rows of classes [start_r, end_r) (C // W each, the first C % W ranks
-one more). One forward:
+one more): `head.weight`, a Paddle parameter ([rows, D] fp32, persistable, `is_distributed` when
+sharded). One optimizer step:
 
-  1. gather every rank's features and labels (features with a gradient-carrying gather; ranks
-     may hold different batch sizes);
-  2. choose this shard's rows: all of them (sample_ratio 1), or every class that occurs in the
-     global batch plus uniformly drawn others up to ceil(sample_ratio * rows); labels are
-     remapped to columns of the chosen rows (-1 when the class lives on another shard);
-  3. cosine logits between the normalized global features and the normalized chosen rows;
-  4. the margin on each sample's target cosine (on the shard that owns it), times the scale s;
-  5. softmax cross-entropy with the max and sum-exp all-reduced across shards (fp32).
+  1. plan (`head.plan(labels of every micro-batch)`): gather every rank's labels once; choose this
+     shard's rows: all of them (sample_ratio 1), or every class that occurs in the step plus
+     uniformly drawn others, K = max(ceil(sample_ratio * rows), min(rows, labels in the step))
+     rows in all, so every positive fits without reading labels back to the host; labels become
+     columns of the chosen rows (-1 where the class lives on another shard). All on the device:
+     random scores (`paddle.uniform` with a seed from (seed, draws, rank)), positives set to 2,
+     the K largest kept. Labels outside [0, C) are ignored and reported by `plan.label_status()`.
+  2. per micro-batch (`head(features, labels, plan, part)`): gather the features (gradient-
+     carrying); cosine logits between the normalized features and the normalized chosen rows; the
+     margin on each sample's target cosine (on the shard that owns it), times the scale s;
+     softmax cross-entropy with the max and sum-exp all-reduced across shards (fp32). Steps of
+     2 are one layer (plsc.nn.softmax_ce.MarginSoftmaxCE) working in place on the [N, K] logits.
 
-Steps 3-5 are one layer (plsc.nn.softmax_ce.MarginSoftmaxCE) working in place on the [N, K]
-logits; the margin enters it as its value and derivative at the N target cosines.
-
-The chosen rows are a copy (`self.sampled`) that is the leaf of the autograd graph, so the
-backward produces a [rows chosen, D] gradient and never a dense one for the whole shard;
-`plsc.optim.sparse_momentum.SparseMomentum` applies it to the chosen rows only.
-With model_parallel false every rank holds all C rows and computes the same loss.
+The chosen rows are one copy per step (`plan.rows`), the leaf of the autograd graph: every
+micro-batch's backward adds its [K, D] gradient to it and no dense gradient of the shard is ever
+allocated. `head.sparse_grad()` hands (index, gradient, rows) to the sparse optimizer
+(plsc.optim.sparse), which updates just those rows. With model_parallel false every rank holds
+all C rows and computes the same loss.
 """
 import math
 
@@ -26,9 +29,10 @@ import numpy as np
 import paddle
 import paddle.nn.functional as F
 
-from plsc.distributed import all_gather_sizes, gather_labels, gather_rows, rank, seeded_rng, shard_range, world_size
+from plsc.distributed import (all_gather_sizes, derived_seed, gather_labels, gather_rows, rank, seeded_rng,
+                              shard_range, world_size)
 from plsc.errors import DataError
-from plsc.nn.rows import take_rows
+from plsc.nn.rows import take_rows, top_k_sorted
 from plsc.nn.softmax_ce import margin_softmax_ce
 
 INIT_STD = 0.01
@@ -48,6 +52,29 @@ def init_rows(seed, start, end, dim):
     return out
 
 
+class SamplingPlan:
+    """The rows one optimizer step uses and each micro-batch's target columns (device tensors)."""
+
+    def __init__(self, index, targets, sizes, labels, valid, num_classes):
+        self.index = index        # int64 [K] ascending, or None: every row of the shard
+        self.targets = targets    # per micro-batch: int64 [N_i] local column or -1
+        self.sizes = sizes        # per micro-batch: rows each rank contributes
+        self.rows = None          # [K, D] copy of the chosen rows (the autograd leaf), made on first use
+        self._labels, self._valid, self._classes = labels, valid, num_classes
+
+    def label_status(self):
+        """fp32 scalar tensor: 1 if some label of the step is outside [0, C), else 0 (no host read)."""
+        return 1.0 - self._valid.astype("float32").min()
+
+    def raise_for_labels(self):
+        """Raise DataError naming a bad label (reads the labels back: call it on the error path)."""
+        labels = self._labels.numpy()
+        bad = labels[(labels < 0) | (labels >= self._classes)]
+        if bad.size:
+            raise DataError(f"label {bad[0]} is out of range: Model.class_num is {self._classes}, so labels "
+                            f"must be in [0, {self._classes - 1}]")
+
+
 class PartialFC(paddle.nn.Layer):
     def __init__(self, num_features, num_classes, margin, sample_ratio=1.0, model_parallel=True, seed=0):
         super().__init__()
@@ -58,90 +85,114 @@ class PartialFC(paddle.nn.Layer):
             self.start, self.end = shard_range(num_classes, self.rank, self.world_size)
         else:
             self.start, self.end = 0, num_classes
-        self.weight_name = f"dist_fc_rank{self.rank}.w_0" if model_parallel else "fc.w_0"
         rows = self.end - self.start
-        self.weight = paddle.empty([rows, num_features], dtype="float32")
-        for a in range(0, rows, _INIT_BLOCK):  # fill in chunks: no second full-size host copy
-            b = min(rows, a + _INIT_BLOCK)
-            self.weight[a:b] = paddle.to_tensor(init_rows(seed, self.start + a, self.start + b, num_features))
+        # 'dist' in the name: PLSC's no_clip_list ['dist'] names the classifier, sharded or not
+        prefix = f"dist_fc_rank{self.rank}" if model_parallel else "dist_fc_replicated"
+        self.weight_name = paddle.utils.unique_name.generate(prefix) + ".w_0"  # dygraph names must be unique
+        self.weight = self.create_parameter(
+            [rows, num_features], dtype="float32", attr=paddle.ParamAttr(name=self.weight_name),
+            default_initializer=paddle.nn.initializer.Constant(0.0))
+        self.weight.is_distributed = bool(model_parallel)
+        with paddle.no_grad():
+            for a in range(0, rows, _INIT_BLOCK):  # fill in blocks: no second full-size host copy
+                b = min(rows, a + _INIT_BLOCK)
+                self.weight[a:b] = paddle.to_tensor(init_rows(seed, self.start + a, self.start + b, num_features))
         self.num_sample = rows if self.sample_ratio >= 1.0 else max(1, math.ceil(self.sample_ratio * rows))
         self.draws = 0          # sampling draws so far (part of the checkpoint: resumed runs sample alike)
-        self.index = None       # rows chosen in the last forward (None: all rows)
-        self.sampled = None     # leaf tensor holding those rows; its .grad is the sparse gradient
+        self.last_plan = None   # the plan of the current step (its rows hold the gradient)
 
     @property
     def num_local(self):
         return self.end - self.start
 
     # ------------------------------------------------------------------ sampling
-    def choose_rows(self, labels):
-        """(row index or None, local target column per sample or -1) for global labels (numpy)."""
-        local = labels - self.start
-        here = (local >= 0) & (local < self.num_local)
-        if self.num_sample >= self.num_local:
-            return None, np.where(here, local, -1)
-        positives = np.unique(local[here])
-        index = positives
-        if len(positives) < self.num_sample:
-            rng = seeded_rng(self.seed, 11, self.draws, self.rank if self.model_parallel else 0)
-            is_pos = np.zeros(self.num_local, dtype=bool)
-            is_pos[positives] = True
-            negatives = np.flatnonzero(~is_pos)
-            pick = rng.choice(len(negatives), self.num_sample - len(positives), replace=False)
-            index = np.sort(np.concatenate([positives, negatives[pick]]))
-        self.draws += 1
-        target = np.full(labels.shape, -1, dtype=np.int64)
-        target[here] = np.searchsorted(index, local[here])
-        return index, target
+    def plan(self, labels_list, sizes_list=None):
+        """SamplingPlan for one optimizer step whose micro-batches have these (local) labels.
 
-    def _check_labels(self, labels):
-        if labels.size and (labels.min() < 0 or labels.max() >= self.num_classes):
-            bad = labels[(labels < 0) | (labels >= self.num_classes)][0]
-            raise DataError(f"label {bad} is out of range: Model.class_num is {self.num_classes}, so labels "
-                            f"must be in [0, {self.num_classes - 1}]")
+        sizes_list[i]: rows every rank contributes to micro-batch i (None: gathered, one host read)."""
+        labels_list = [lb.reshape([-1]).astype("int64") for lb in labels_list]
+        w = world_size()
+        if sizes_list is None:
+            sizes_list = [all_gather_sizes(lb.shape[0]) if w > 1 else [lb.shape[0]] for lb in labels_list]
+        local = paddle.concat(labels_list) if len(labels_list) > 1 else labels_list[0]
+        totals = [sum(s[r] for s in sizes_list) for r in range(w)]
+        gathered = gather_labels(local, totals)
+        per_micro = _split_gathered(gathered, sizes_list, totals)
+        step_labels = paddle.concat(per_micro) if len(per_micro) > 1 else per_micro[0]
+        valid = (step_labels >= 0) & (step_labels < self.num_classes)
+        shard_col = [self._local_columns(g) for g in per_micro]
+        if self.num_sample >= self.num_local:
+            index, targets = None, [paddle.where(here, col, paddle.full_like(col, -1)) for col, here in shard_col]
+        else:
+            index = self._choose_rows(shard_col, int(step_labels.shape[0]))
+            targets = [paddle.where(here, paddle.searchsorted(index, col), paddle.full_like(col, -1))
+                       for col, here in shard_col]
+        self.last_plan = SamplingPlan(index, targets, sizes_list, step_labels, valid.all(), self.num_classes)
+        return self.last_plan
+
+    def _local_columns(self, global_labels):
+        """(label - start, True where the class is on this shard) for global labels (invalid ones never are)."""
+        col = global_labels - self.start
+        here = (col >= 0) & (col < self.num_local) & (global_labels < self.num_classes)
+        return col, here
+
+    def _choose_rows(self, shard_col, labels_in_step):
+        k = max(self.num_sample, min(self.num_local, labels_in_step))
+        seed = derived_seed(self.seed, 11, self.draws, self.rank if self.model_parallel else 0)
+        self.draws += 1
+        if k >= self.num_local:
+            return paddle.arange(self.num_local, dtype="int64")
+        scores = paddle.uniform([self.num_local + 1], dtype="float32", min=0.0, max=1.0, seed=seed)
+        slot = paddle.concat([paddle.where(here, col, paddle.full_like(col, self.num_local)) for col, here in shard_col])
+        scores = paddle.scatter(scores, slot, paddle.full(slot.shape, 2.0, dtype="float32"), overwrite=True)
+        return top_k_sorted(scores[:self.num_local], k)
 
     # ------------------------------------------------------------------ forward
-    def forward(self, features, labels):
-        features = features.astype("float32")
-        labels = labels.reshape([-1]).astype("int64")
-        sizes = all_gather_sizes(features.shape[0])
-        feats = gather_rows(features, sizes, sum_grads=self.model_parallel)
-        global_labels = gather_labels(labels, sizes).numpy()
-        self._check_labels(global_labels)
-        index, target = self.choose_rows(global_labels)
-        self.index = index
-        if index is None:
-            self.sampled = self.weight.detach()
-        else:
-            self.sampled = take_rows(self.weight, index)
-        self.sampled.stop_gradient = False
-        target = paddle.to_tensor(target)
-
+    def forward(self, features, labels, plan=None, part=0):
+        """Mean margin-softmax loss over the global (micro-)batch; the same value on every rank."""
+        if plan is None:
+            plan = self.plan([labels])
+        if plan.rows is None:
+            plan.rows = self.weight.detach() if plan.index is None else take_rows(self.weight.detach(), plan.index)
+            plan.rows.stop_gradient = False
+        feats = gather_rows(features.astype("float32"), plan.sizes[part], sum_grads=self.model_parallel)
+        target = plan.targets[part]
         norms = paddle.linalg.norm(feats, axis=1)
         if self.margin.uses_norms and self.training:
             self.margin.update_stats(norms)
         x_unit = F.normalize(feats, axis=1)
-        new_t, dnew = self._target_margin(x_unit, target, norms)
-        per_sample = margin_softmax_ce(x_unit, self.sampled, target, new_t, dnew, self.margin.s,
+        new_t, dnew = self._target_margin(plan.rows, x_unit, target, norms)
+        per_sample = margin_softmax_ce(x_unit, plan.rows, target, new_t, dnew, self.margin.s,
                                        sharded=self.model_parallel)
         return per_sample.mean() * self.margin.weight
 
     @paddle.no_grad()
-    def _target_cos(self, x_unit, target):
+    def _target_cos(self, rows, x_unit, target):
         """cos between each sample and its target row ([N]; any row where the target is elsewhere)."""
         safe = paddle.where(target >= 0, target, paddle.zeros_like(target))
-        rows = paddle.gather(self.sampled, safe)
-        cos = (x_unit * rows).sum(axis=1) / paddle.clip(paddle.linalg.norm(rows, axis=1), min=1e-12)
+        picked = paddle.gather(rows, safe)
+        cos = (x_unit * picked).sum(axis=1) / paddle.clip(paddle.linalg.norm(picked, axis=1), min=1e-12)
         return paddle.clip(cos, -1.0, 1.0)
 
-    def _target_margin(self, x_unit, target, norms):
+    def _target_margin(self, rows, x_unit, target, norms):
         """(margin(cos_t), d margin / d cos_t) at each sample's target cosine: N scalars, by autograd."""
-        cos = self._target_cos(x_unit.detach(), target)
+        cos = self._target_cos(rows.detach(), x_unit.detach(), target)
         cos.stop_gradient = False
         with paddle.enable_grad():
-            new = self.margin.target_logits(cos, norms.detach(), self.training)
+            new = self.margin.target_logits(cos, norms.detach())
             (dnew,) = paddle.grad([new], [cos])
         return new.detach(), dnew.detach()
+
+    # ------------------------------------------------------------------ gradient
+    def sparse_grad(self):
+        """(index or None, [K, D] gradient, [K, D] rows) of the current step, or None before a backward."""
+        plan = self.last_plan
+        if plan is None or plan.rows is None or plan.rows.grad is None:
+            return None
+        return plan.index, plan.rows.grad, plan.rows
+
+    def clear_sparse_grad(self):
+        self.last_plan = None
 
     # ------------------------------------------------------------------ state
     def extra_state(self):
@@ -154,3 +205,20 @@ class PartialFC(paddle.nn.Layer):
     def extra_repr(self):
         return (f"classes={self.num_classes}, rows [{self.start}, {self.end}) on rank {self.rank}/{self.world_size}, "
                 f"sample_ratio={self.sample_ratio}, margin={self.margin}")
+
+
+def _split_gathered(gathered, sizes_list, totals):
+    """Per micro-batch global labels (rank order) from labels gathered as rank-major [micro 0, micro 1, ...]."""
+    if len(sizes_list) == 1:
+        return [gathered]
+    starts = np.concatenate([[0], np.cumsum(totals)])
+    out, offsets = [], [0] * len(totals)
+    for sizes in sizes_list:
+        parts = []
+        for r, n in enumerate(sizes):
+            a = int(starts[r]) + offsets[r]
+            if n:
+                parts.append(gathered[a:a + n])
+            offsets[r] += n
+        out.append(paddle.concat(parts))
+    return out

@@ -1,39 +1,60 @@
-"""Row gathers and scatters on the FC shard, fast on CPU.
+"""Row selection, gathers and scatters on the FC shard: Paddle ops everywhere, numpy on CPU where it pays.
 
-Paddle's CPU gather/scatter kernels are slow on large row sets: gathering 100k rows of 512 floats
-out of a 1M-row shard takes ~0.4 s and scattering them back ~2 s, against ~0.05 s and ~0.02 s for
-numpy's `take`/fancy assignment on the same memory. On CPU the tensors are therefore viewed
-through the DLPack protocol (`np.from_dlpack`, zero copy, public API on both sides) and the rows
-moved by numpy; on GPUs Paddle's own kernels are used.
+Every function has one meaning and two routes. The Paddle route is what GPUs run. On CPU some of
+Paddle's kernels are slow on large row sets (gathering 100k rows of 512 floats from a 1M-row
+shard ~0.4 s, scattering them back ~2 s, top-k of 1M values ~40 ms; numpy on the same memory:
+~0.05 s, ~0.02 s, ~6 ms: `python tools/bench_partial_fc.py --routes`), so for CPU tensors the
+rows are moved by numpy through zero-copy DLPack views (public APIs on both sides). Both routes
+give identical results (tests run the PartialFC / engine / checkpoint subset both ways).
+
+PLSC_NUMPY_ROUTE=0 turns the numpy route off (CPU then runs exactly what a GPU runs); it is never
+taken for tensors that are not in CPU memory.
 """
+import os
+
 import numpy as np
 import paddle
 
 
+def numpy_route_enabled():
+    return os.environ.get("PLSC_NUMPY_ROUTE", "1") != "0"
+
+
 def host_view(t):
-    """A numpy array sharing memory with the CPU tensor t, or None when t lives elsewhere."""
-    if not t.place.is_cpu_place() or not t.is_contiguous():
+    """A numpy array sharing memory with the CPU tensor t, or None (GPU tensor, or the route is off)."""
+    if not numpy_route_enabled() or not t.place.is_cpu_place() or not t.is_contiguous():
         return None
     return np.from_dlpack(t.detach())
 
 
+def top_k_sorted(scores, k):
+    """Indices (int64, ascending) of the k largest values of the 1-D tensor `scores`."""
+    s = host_view(scores)
+    if s is None:
+        return paddle.sort(paddle.topk(scores, k)[1])
+    n = s.shape[0]
+    picked = np.argpartition(s, n - k)[n - k:] if k < n else np.arange(n)
+    picked.sort()
+    return paddle.to_tensor(picked.astype(np.int64))
+
+
 def take_rows(w, index):
-    """Copy of the rows `index` (sorted int64 numpy array) of the 2-D tensor w."""
-    src = host_view(w)
-    if src is None:
-        return paddle.gather(w, paddle.to_tensor(index))
-    out = paddle.empty([len(index), w.shape[1]], dtype=w.dtype)
-    np.take(src, index, axis=0, out=host_view(out))
+    """Copy of the rows `index` (int64 tensor, sorted, no repeats) of the 2-D tensor w."""
+    src, idx = host_view(w), host_view(index)
+    if src is None or idx is None:
+        return paddle.gather(w, index)
+    out = paddle.empty([idx.shape[0], w.shape[1]], dtype=w.dtype)
+    np.take(src, idx, axis=0, out=host_view(out))
     return out
 
 
 def put_rows(w, index, rows):
-    """w[index] = rows, in place (index: int64 numpy array without repeats)."""
-    dst, src = host_view(w), host_view(rows)
-    if dst is None or src is None:
-        paddle.scatter_(w, paddle.to_tensor(index), rows, overwrite=True)
+    """w[index] = rows, in place (index: int64 tensor without repeats)."""
+    dst, src, idx = host_view(w), host_view(rows), host_view(index)
+    if dst is None or src is None or idx is None:
+        paddle.scatter_(w, index, rows, overwrite=True)
     else:
-        dst[index] = src
+        dst[idx] = src
 
 
 def row_sq_norms(w, chunk=1 << 12):

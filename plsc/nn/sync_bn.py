@@ -52,7 +52,7 @@ def _sync_forward(self, x):
     shape[c_axis] = c
     # two passes (mean, then the mean square deviation), as BatchNorm kernels do: E[x^2] - E[x]^2
     # loses the variance to cancellation in fp32 when |mean| >> std
-    count = paddle.full([1], xf.numel().item() / c, dtype="float32")
+    count = paddle.full([1], xf.size / c, dtype="float32")  # shapes are host data: no device read
     first = _AllReduceSum.apply(paddle.concat([xf.sum(axis=axes), count]))
     total = first[c]
     mean = first[:c] / total

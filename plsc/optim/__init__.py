@@ -1,2 +1,2 @@
 """Optimizers, LR schedules and gradient clipping; importing this package registers them."""
-from plsc.optim import lr, optimizers  # noqa: F401
+from plsc.optim import grad_step, lr, optimizers, sparse  # noqa: F401

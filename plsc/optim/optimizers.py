@@ -1,13 +1,19 @@
-"""Dense optimizers for the backbone (Momentum, AdamW) and global-norm gradient clipping.
+"""Dense optimizers of the backbone (Momentum, AdamW) and their sparse twins for the FC weight.
 
-The FC shards of the large-scale classifier are updated by SparseMomentum (sparse_momentum.py);
-the clip below sees both, so the global norm covers every gradient that is not excluded by
-`no_clip_list` (a parameter is excluded when its name contains one of the listed substrings).
+    opt, clip = build_optimizer(cfg["Optimizer"], backbone, lr, multi_precision=amp.level == "O2")
+    fc_opt = build_sparse_optimizer(cfg["Optimizer"], head.weight)   # same name, same hyper-parameters
+
+Every dense optimizer registered here has a twin of the same name in SPARSE_OPTIMIZERS
+(plsc/optim/sparse.py) that applies the same rule to the rows of the FC a step used; both get
+their hyper-parameters from the one config section, with the dense builder's defaults.
+Clipping (Optimizer.grad_clip) is plsc.optim.grad_step.ClipGradByGlobalNorm.
 """
+import inspect
+
 import paddle
 
 from plsc.errors import ConfigError
-from plsc.registry import GRAD_CLIPS, OPTIMIZERS
+from plsc.registry import GRAD_CLIPS, OPTIMIZERS, SPARSE_OPTIMIZERS
 
 _NORM_LAYERS = (paddle.nn.BatchNorm, paddle.nn.BatchNorm1D, paddle.nn.BatchNorm2D, paddle.nn.BatchNorm3D,
                 paddle.nn.LayerNorm, paddle.nn.GroupNorm)
@@ -47,48 +53,6 @@ def AdamW(model, learning_rate, beta1=0.9, beta2=0.999, epsilon=1e-8, weight_dec
         weight_decay=float(weight_decay), multi_precision=multi_precision)
 
 
-@GRAD_CLIPS.register()
-class ClipGradByGlobalNorm:
-    """Scale all clipped grads by clip_norm / max(global_norm, clip_norm).
-
-    `no_clip_list`: substrings of parameter names left out of the norm and of the scaling (the
-    reference config lists 'dist', the sharded FC). The squared norm of the FC shards is summed
-    over ranks, so every rank uses the same global norm. `always_clip` is accepted for PLSC
-    configs; the scaling is the same either way (a factor of 1 when the norm is below clip_norm).
-    """
-
-    def __init__(self, clip_norm=5.0, always_clip=True, no_clip_list=(), clip_norm_max=None):
-        if clip_norm <= 0:
-            raise ConfigError(f"Optimizer.grad_clip.clip_norm must be > 0, got {clip_norm}")
-        self.clip_norm = float(clip_norm)
-        self.no_clip_list = list(no_clip_list or [])
-
-    def excluded(self, name):
-        return any(s in name for s in self.no_clip_list)
-
-    def __call__(self, replicated, sharded, all_reduce=None):
-        """Clip in place. `replicated`/`sharded`: lists of (name, grad); returns the global norm."""
-        rep = [g for n, g in replicated if g is not None and not self.excluded(n)]
-        sh = [g for n, g in sharded if g is not None and not self.excluded(n)]
-        sq = paddle.zeros([1], dtype="float32")
-        for g in rep:
-            sq = sq + paddle.sum(paddle.square(g.astype("float32")))
-        if sh:
-            sq_sh = paddle.zeros([1], dtype="float32")
-            for g in sh:
-                sq_sh = sq_sh + paddle.sum(paddle.square(g.astype("float32")))
-            if all_reduce is not None:
-                all_reduce(sq_sh)
-            sq = sq + sq_sh
-        norm = paddle.sqrt(sq)
-        scale = self.clip_norm / paddle.maximum(norm, paddle.to_tensor(self.clip_norm, dtype="float32"))
-        if scale.item() < 1.0:
-            with paddle.no_grad():
-                for g in rep + sh:
-                    g.multiply_(scale.astype(g.dtype))
-        return norm.item()
-
-
 def build_optimizer(cfg, model, learning_rate, multi_precision=False):
     kwargs = {k: v for k, v in cfg.items() if k not in ("name", "grad_clip")}
     opt = OPTIMIZERS.build(cfg["name"], model, learning_rate, multi_precision=multi_precision, **kwargs)
@@ -97,3 +61,24 @@ def build_optimizer(cfg, model, learning_rate, multi_precision=False):
     if clip_cfg:
         clip = GRAD_CLIPS.build(clip_cfg["name"], **{k: v for k, v in clip_cfg.items() if k != "name"})
     return opt, clip
+
+
+def optimizer_settings(cfg):
+    """{hyper-parameter: value} of the configured optimizer, its builder's defaults filled in."""
+    builder = OPTIMIZERS.get(cfg["name"])
+    settings = {k: p.default for k, p in inspect.signature(builder).parameters.items()
+                if p.default is not inspect.Parameter.empty}
+    settings.update({k: v for k, v in cfg.items() if k not in ("name", "grad_clip")})
+    return settings
+
+
+def build_sparse_optimizer(cfg, param):
+    """The FC weight's optimizer: the twin of Optimizer.name, with the same hyper-parameters."""
+    name = cfg["name"]
+    if name not in SPARSE_OPTIMIZERS:
+        raise ConfigError(f"Optimizer.name={name}: there is no sparse version of it for the PartialFC weight "
+                          f"(sparse optimizers: {', '.join(SPARSE_OPTIMIZERS.names())})")
+    cls = SPARSE_OPTIMIZERS.get(name)
+    accepted = [k for k in inspect.signature(cls).parameters if k != "param"]
+    settings = optimizer_settings(cfg)
+    return cls(param, **{k: settings[k] for k in accepted if k in settings})

@@ -14,9 +14,6 @@ import os
 import shutil
 import sys
 
-import numpy as np
-
-from plsc.distributed import shard_range
 from plsc.engine import checkpoint as ckpt
 from plsc.errors import CheckpointError, PlscError
 
@@ -25,56 +22,12 @@ def read_shards(ckpt_dir):
     """The saved shards of a checkpoint directory, verified against its manifest, in rank order."""
     d = ckpt.resolve(ckpt_dir)
     manifest = ckpt.verify(d)
-    return [ckpt.load_arrays(os.path.join(d, f"fc_rank{r}.npz")) for r in range(manifest["world_size"])]
-
-
-def merge(shards):
-    """One shard_state dict covering all classes (rows in class order)."""
-    first = shards[0]
-    classes = first["class_range"][2].item()
-    if first["replicated"].item():
-        return dict(first)
-    dim = first["weight"].shape[1]
-    rows = ["weight"] + row_slots(first)
-    full = {k: np.empty((classes, dim), np.float32) for k in rows}
-    covered = np.zeros(classes, bool)
-    for i, s in enumerate(shards):
-        start, end, c = (x.item() for x in s["class_range"])
-        if c != classes or s["weight"].shape != (end - start, dim) or row_slots(s) != rows[1:]:
-            raise CheckpointError(f"FC shard {i} does not fit the others ({c} classes, rows [{start}, {end}), "
-                                  f"weight {s['weight'].shape}, state {row_slots(s)})")
-        for k in rows:
-            full[k][start:end] = s[k]
-        covered[start:end] = True
-    if not covered.all():
-        raise CheckpointError(f"the FC shards do not cover class {np.flatnonzero(~covered)[0]}")
-    out = {k: v for k, v in first.items() if k not in rows and k != "class_range"}
-    out.update(full, class_range=np.array([0, classes, classes], np.int64), replicated=np.array(False))
-    return out
-
-
-def row_slots(shard):
-    """Names of the per-row optimizer arrays in a shard (momentum; or moment1, moment2)."""
-    return sorted(k for k, v in shard.items() if k != "weight" and getattr(v, "ndim", 0) == 2)
-
-
-def split(full, world_size):
-    classes = full["class_range"][2].item()
-    if world_size < 1 or world_size > classes:
-        raise PlscError(f"--world-size must be in [1, {classes}] (the class count), got {world_size}")
-    rows = ["weight"] + row_slots(full)
-    keep = {k: v for k, v in full.items() if k not in rows and k != "class_range"}
-    shards = []
-    for r in range(world_size):
-        start, end = shard_range(classes, r, world_size)
-        shards.append(dict(keep, **{k: full[k][start:end] for k in rows},
-                           class_range=np.array([start, end, classes], np.int64), replicated=np.array(False)))
-    return shards
+    return list(ckpt.read_fc_shards(d, manifest["world_size"]))
 
 
 def _load_full(src):
     if os.path.isdir(src) or os.path.isdir(src.rstrip("/") + ".old"):
-        return merge(read_shards(src)), ckpt.resolve(src)
+        return ckpt.merge_fc_shards(read_shards(src)), ckpt.resolve(src)
     if not os.path.isfile(src):
         raise CheckpointError(f"not found: {src} (expected a checkpoint directory or a merged .npz)")
     return ckpt.load_arrays(src), None
@@ -102,13 +55,13 @@ def main(argv=None):
     try:
         if args.cmd == "merge":
             _check_out(args.out, args.force)
-            full = merge(read_shards(args.checkpoint))
+            full = ckpt.merge_fc_shards(read_shards(args.checkpoint))
             ckpt.save_arrays(args.out, full)
             print(f"wrote {args.out}: {full['weight'].shape[0]} classes x {full['weight'].shape[1]}")
             return 0
         _check_out(args.out, args.force)
         full, src_dir = _load_full(args.source)
-        shards = split(full, args.world_size)
+        shards = ckpt.split_fc_shards(full, args.world_size)
         tmp = args.out.rstrip("/") + ".tmp"
         shutil.rmtree(tmp, ignore_errors=True)
         os.makedirs(tmp)

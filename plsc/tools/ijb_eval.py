@@ -70,10 +70,10 @@ def resolve_embedder(args):
         if args.override:
             raise ConfigError("-o overrides apply to -c configs; an exported --model takes none")
         path = args.model
-    from plsc.engine.dp import world
+    from plsc.distributed import init as init_distributed
     from plsc.inference import load_embedder
 
-    rank, world_size = world()
+    rank, world_size = init_distributed()
     return load_embedder(path), os.path.basename(os.path.normpath(path)), rank, world_size
 
 

@@ -1,0 +1,142 @@
+"""Sparse optimizers of the PartialFC weight: each step updates only the rows the step used.
+
+    opt = SPARSE_OPTIMIZERS.build("Momentum", head.weight, momentum=0.9, weight_decay=5e-4)
+    index, grad, rows = head.sparse_grad()       # rows R chosen this step, their [K, D] gradient
+    opt.step(index, grad, lr, rows=rows)         # w[R], v[R] updated; every other row untouched
+
+For the rows R of a step (all rows when sample_ratio is 1), with g their gradient (summed over the
+micro-batches, unscaled, clipped):
+
+    Momentum   g += weight_decay * w[R];  v[R] = momentum * v[R] + g
+               w[R] -= lr * v[R]                      (use_nesterov: w[R] -= lr * (g + momentum * v[R]))
+    AdamW      m[R], v[R] the moments of R ("lazy" Adam), bias correction with the step count;
+               w[R] *= 1 - lr * weight_decay (decoupled), then the Adam step
+
+which are paddle.optimizer.Momentum's and AdamW's rules restricted to R. Rows outside R keep
+their weight and optimizer state bit for bit: a row's momentum changes only when the row is
+sampled (arcface_torch's v2 instead decays every row's momentum each step). The weight and the
+slots are the only [rows, D] tensors: 8 bytes x D per class with Momentum, 12 with AdamW.
+
+An optimizer only updates: `state_dict()` hands its slots to the checkpoint module
+(plsc.engine.checkpoint), which owns the shard files.
+"""
+import numpy as np
+import paddle
+
+from plsc.errors import ConfigError
+from plsc.nn.rows import host_view, put_rows, take_rows
+from plsc.registry import SPARSE_OPTIMIZERS
+
+_CHUNK = 1 << 12  # rows updated at a time: the chunk's rows, slots and gradient stay in cache
+
+
+class SparseRowOptimizer:
+    slot_names = ()
+
+    def __init__(self, param, weight_decay=0.0):
+        if not weight_decay >= 0:
+            raise ConfigError(f"Optimizer.weight_decay must be >= 0, got {weight_decay}")
+        self.param, self.weight_decay = param, float(weight_decay)
+        self.slots = {name: paddle.zeros_like(param) for name in self.slot_names}
+        self.num_steps = 0
+
+    @paddle.no_grad()
+    def step(self, index, grad, lr, rows=None):
+        """Apply `grad` ([K, D]) to the rows `index` (int64 tensor, or None for every row).
+
+        rows: this step's copy of param[index] (PartialFC's plan.rows): updated in place and
+        written back, so the rows are not gathered a second time."""
+        self.num_steps += 1
+        w, total = self.param, grad.shape[0]
+        for a in range(0, total, _CHUNK):  # cache-sized chunks: the passes of the update stay in cache
+            b = min(total, a + _CHUNK)
+            if index is None:
+                w_rows, slot_rows = w[a:b], {n: t[a:b] for n, t in self.slots.items()}
+            else:
+                idx = index[a:b]
+                w_rows = rows[a:b] if rows is not None else take_rows(w, idx)
+                slot_rows = {n: take_rows(t, idx) for n, t in self.slots.items()}
+            new_w, new_slots = self._update(w_rows, slot_rows, grad[a:b], lr)
+            if index is None:
+                _write_back(w, a, w_rows, new_w)
+                for n, t in self.slots.items():
+                    _write_back(t, a, slot_rows[n], new_slots[n])
+            else:
+                for n, t in self.slots.items():
+                    put_rows(t, idx, new_slots[n])
+                put_rows(w, idx, new_w)
+
+    def _update(self, w_rows, slot_rows, g, lr):
+        """-> (new weight rows, {slot: new rows}); may update the given tensors in place and return them."""
+        raise NotImplementedError
+
+    def state_dict(self):
+        return {"slots": dict(self.slots), "num_steps": self.num_steps}
+
+    def set_state_dict(self, state):
+        for name, value in state["slots"].items():
+            paddle.assign(value, output=self.slots[name])
+        self.num_steps = int(state["num_steps"])
+
+
+def _write_back(dst, start, view, new):
+    """dst[start:start + len(new)] = new unless `new` is the (in-place updated) view itself."""
+    if new is not view:
+        dst[start:start + new.shape[0]] = new
+
+
+@SPARSE_OPTIMIZERS.register("Momentum")
+class SparseMomentum(SparseRowOptimizer):
+    """paddle.optimizer.Momentum (L2 weight decay added to the gradient) on the rows of a step."""
+
+    slot_names = ("momentum",)
+
+    def __init__(self, param, momentum=0.9, weight_decay=0.0, use_nesterov=False):
+        super().__init__(param, weight_decay)
+        self.momentum, self.use_nesterov = float(momentum), bool(use_nesterov)
+
+    def _update(self, w_rows, slot_rows, g, lr):
+        v = slot_rows["momentum"]
+        w_np, v_np, g_np = host_view(w_rows), host_view(v), host_view(g)
+        if w_np is not None and v_np is not None and g_np is not None:  # CPU: numpy on the same memory
+            f = w_np.dtype.type
+            if self.weight_decay:
+                step = w_np * f(self.weight_decay)
+                step += g_np
+            else:
+                step = g_np.copy()
+            v_np *= f(self.momentum)
+            v_np += step
+            if self.use_nesterov:
+                step += v_np * f(self.momentum)
+                step *= f(lr)
+            else:
+                np.multiply(v_np, f(lr), out=step)
+            w_np -= step
+            return w_rows, {"momentum": v}
+        if self.weight_decay:
+            g = g + self.weight_decay * w_rows
+        v = v.scale_(self.momentum).add_(g)
+        delta = g + self.momentum * v if self.use_nesterov else v
+        return w_rows.subtract_(lr * delta), {"momentum": v}
+
+
+@SPARSE_OPTIMIZERS.register("AdamW")
+class SparseAdamW(SparseRowOptimizer):
+    """paddle.optimizer.AdamW (decoupled weight decay) on the rows of a step, lazily."""
+
+    slot_names = ("moment1", "moment2")
+
+    def __init__(self, param, beta1=0.9, beta2=0.999, epsilon=1e-8, weight_decay=0.0):
+        super().__init__(param, weight_decay)
+        self.beta1, self.beta2, self.epsilon = float(beta1), float(beta2), float(epsilon)
+
+    def _update(self, w_rows, slot_rows, g, lr):
+        b1, b2, t = self.beta1, self.beta2, self.num_steps
+        m = slot_rows["moment1"].scale_(b1).add_(g * (1 - b1))
+        v = slot_rows["moment2"].scale_(b2).add_(g * g * (1 - b2))
+        if self.weight_decay:
+            w_rows = w_rows.scale_(1 - lr * self.weight_decay)
+        step = lr * ((1 - b2 ** t) ** 0.5) / (1 - b1 ** t)
+        w_rows = w_rows.subtract_(m * step / (paddle.sqrt(v) + self.epsilon * ((1 - b2 ** t) ** 0.5)))
+        return w_rows, {"moment1": m, "moment2": v}
