@@ -121,7 +121,7 @@ def test_killed_rank_ends_the_job_and_rerun_resumes(tmp_path):
     out = tmp_path / "o"
     args = ["plsc-train", "-c", SMOKE, "-o", f"Global.output_dir={out}", "-o", "Global.epochs=50",
             "-o", "Global.save_unit=step", "-o", "Global.save_interval=3",
-            "-o", "DistributedStrategy.collective_timeout=20"]
+            "-o", "DistributedStrategy.collective_timeout=20", "-o", "DataLoader.Train.loader.num_workers=2"]
     proc = subprocess.Popen([sys.executable, "-m", "paddle.distributed.launch", "--nproc_per_node", "2",
                              "--log_dir", str(tmp_path / "log"), *args], stdout=subprocess.PIPE,
                             stderr=subprocess.STDOUT, text=True)
@@ -134,12 +134,17 @@ def test_killed_rank_ends_the_job_and_rerun_resumes(tmp_path):
         time.sleep(0.5)
     victim = _rank_pid(proc.pid, 1)
     assert victim, "rank 1 process not found"
+    assert len(_children(victim)) == 2, "rank 1 reads with 2 DataLoader workers"
     os.kill(victim, signal.SIGKILL)
     killed_at = max(losses(log0.read_text()))
     t = time.time()
     proc.communicate(timeout=120)
     assert proc.returncode != 0
     assert time.time() - t < 60
+    time.sleep(1)
+    left = [line for line in subprocess.run(["ps", "-eo", "pid=,args="], capture_output=True, text=True).stdout
+            .splitlines() if str(out) in line]
+    assert not left, f"processes of the killed run are still alive: {left}"
     from plsc.engine import checkpoint as ckpt
 
     saved = ckpt.load_json(str(out / "IResNet18" / "latest" / "state.json"))["train_state"]["global_step"]

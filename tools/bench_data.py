@@ -1,9 +1,12 @@
 """Data loader throughput on a generated .rec of 112x112 JPEGs (read + decode + flip + normalize).
 
-    python tools/bench_data.py [--images 4096] [--batch-size 128] [--workers 0 1 2]
+    python tools/bench_data.py [--images 4096] [--batch-size 128] [--workers 0 1 2] [--jpeg smooth|noisy]
 
-Prints img/s for raw cv2 decode (reference), the dataset alone (ds[i] in a loop), and
-paddle.io.DataLoader with each number of workers (total and per worker).
+Prints img/s for raw cv2 decode (the reference), the training dataset alone (ds[i] in a loop; uint8
+items, the flip and normalization deferred to the device as plsc-train does), plsc's loader with each
+number of workers (total, per worker and per worker / decode-only), the same with float32 items
+normalized on the host (what evaluation uses), and the device transform of a batch on this CPU.
+--jpeg smooth: low-frequency images at quality 95 (~5 KB); noisy: uniform noise added, ~15 KB.
 """
 import argparse
 import os
@@ -25,13 +28,14 @@ OPS = [{"DecodeImage": {"to_rgb": True, "channel_first": False}}, {"RandFlipImag
        {"ToCHWImage": None}]
 
 
-def make_rec(root, n, classes=100):
+def make_rec(root, n, classes=100, jpeg="smooth"):
     rng = np.random.default_rng(0)
     base = [cv2.resize(rng.integers(0, 256, (14, 14, 3), dtype=np.uint8), (112, 112)) for _ in range(64)]
     jpgs = []
+    noise, quality = (20, 95) if jpeg == "smooth" else (60, 90)
     for i in range(n):
-        img = np.clip(base[i % 64].astype(np.int16) + rng.integers(-20, 20, (112, 112, 3)), 0, 255).astype(np.uint8)
-        jpgs.append(cv2.imencode(".jpg", img, [cv2.IMWRITE_JPEG_QUALITY, 95])[1].tobytes())
+        img = np.clip(base[i % 64].astype(np.int16) + rng.integers(-noise, noise, (112, 112, 3)), 0, 255)
+        jpgs.append(cv2.imencode(".jpg", img.astype(np.uint8), [cv2.IMWRITE_JPEG_QUALITY, quality])[1].tobytes())
     labels = sorted(i % classes for i in range(n))
     with IndexedRecordIOWriter(os.path.join(root, "train.idx"), os.path.join(root, "train.rec")) as w:
         w.write(0, pack([n + 1, n + 1 + classes], b""))
@@ -56,38 +60,49 @@ def main(argv=None):
     ap.add_argument("--images", type=int, default=4096)
     ap.add_argument("--batch-size", type=int, default=128)
     ap.add_argument("--workers", type=int, nargs="+", default=[0, 1, 2])
+    ap.add_argument("--jpeg", choices=["smooth", "noisy"], default="smooth")
     args = ap.parse_args(argv)
     cv2.setNumThreads(1)
     import paddle
 
+    from plsc.data.loader import build_loader
     from plsc.registry import DATASETS, SAMPLERS
 
     rows = []
     with tempfile.TemporaryDirectory() as root:
-        jpgs = make_rec(root, args.images)
+        jpgs = make_rec(root, args.images, jpeg=args.jpeg)
         n = len(jpgs)
-        r = rate(lambda: [cv2.imdecode(np.frombuffer(b, np.uint8), cv2.IMREAD_COLOR) for b in jpgs], n)
-        rows.append(("cv2.imdecode only (reference)", 1, r, r))
-        ds = DATASETS.build("FaceRecordIODataset", root_dir=root, transform_ops=OPS, seed=0)
-        r = rate(lambda: [ds[i] for i in range(n)], n)
-        rows.append(("dataset ds[i] loop, no loader", 1, r, r))
-        for w in args.workers:
-            sampler = SAMPLERS.build("DistributedBatchSampler", dataset=ds, batch_size=args.batch_size, shuffle=True,
-                                     drop_last=True, seed=0, rank=0, world_size=1)
-            loader = paddle.io.DataLoader(ds, batch_sampler=sampler, num_workers=w, use_shared_memory=w > 0,
-                                          worker_init_fn=lambda _: cv2.setNumThreads(1))
-            count = len(sampler) * args.batch_size
+        decode = rate(lambda: [cv2.imdecode(np.frombuffer(b, np.uint8), cv2.IMREAD_COLOR) for b in jpgs], n)
+        rows.append(("cv2.imdecode only (reference)", 1, decode))
+        for items in ("uint8", "float32"):
+            ds = DATASETS.build("FaceRecordIODataset", root_dir=root, transform_ops=OPS, seed=0)
+            if items == "uint8":
+                device = ds.defer_to_device()
+            rows.append((f"dataset ds[i] loop, {items} items", 1, rate(lambda: [ds[i] for i in range(n)], n)))
+            for w in args.workers:
+                sampler = SAMPLERS.build("DistributedBatchSampler", dataset=ds, batch_size=args.batch_size,
+                                         shuffle=True, drop_last=True, seed=0, rank=0, world_size=1)
+                loader = build_loader(ds, sampler, num_workers=w, use_shared_memory=True)
+                count = len(sampler) * args.batch_size
 
-            def run():
-                for x, y in loader:
-                    pass
+                def run():
+                    for _ in loader:
+                        pass
 
-            run()  # warm up (worker start)
-            r = rate(run, count)
-            rows.append((f"DataLoader num_workers={w}, batch {args.batch_size}", max(w, 1), r, r / max(w, 1)))
-    print(f"{'measurement':<44}{'procs':>6}{'img/s':>10}{'img/s/proc':>12}")
-    for name, procs, total, per in rows:
-        print(f"{name:<44}{procs:>6}{total:>10.0f}{per:>12.0f}")
+                run()  # warm up
+                rows.append((f"plsc loader, {w} workers, {items} items", max(w, 1), rate(run, count)))
+        batch = next(iter(build_loader(ds, sampler, 0)))  # float32 items: time the uint8 path's device step
+        u8 = paddle.to_tensor(np.zeros((args.batch_size, 112, 112, 3), np.uint8))
+        flips = paddle.to_tensor(np.arange(args.batch_size, dtype=np.uint8) % 2)
+        rows.append(("device transform of a batch on this CPU", 1, rate(lambda: device(u8, flips).numpy(),
+                                                                         args.batch_size)))
+        del batch
+    jpeg_kb = sum(map(len, jpgs)) / len(jpgs) / 1024
+    print(f"{args.images} JPEGs 112x112 ({args.jpeg}, {jpeg_kb:.1f} KB each), batch {args.batch_size}, "
+          f"decode-only {decode:.0f} img/s\n")
+    print("| measurement | procs | img/s | img/s per proc | per proc / decode-only |\n|---|---|---|---|---|")
+    for name, procs, total in rows:
+        print(f"| {name} | {procs} | {total:.0f} | {total / procs:.0f} | {total / procs / decode:.2f} |")
 
 
 if __name__ == "__main__":

@@ -1,5 +1,8 @@
 """Face datasets: `ds[i] -> (float32 [3,112,112], np.int64 label)` after the configured transform_ops.
 
+For training, `ds.defer_to_device()` splits the transforms (plsc.data.device_transform): items are
+then `(uint8 image, label[, uint8 flip])` and `ds.device_transform` finishes them on the device.
+
 - FaceRecordIODataset {root_dir}: insightface train.rec/train.idx (or plain im2rec .rec).
 - FaceIdentificationDataset {image_root, cls_label_path, delimiter}: PLSC's `path<TAB>label` list.
 - FaceVerificationDataset {image_root, cls_label_path, delimiter}: PLSC's pairs list; item 2p and
@@ -9,12 +12,12 @@ Augmentation randomness is drawn from SampleRandom(seed, epoch, index) (plsc/dat
 """
 import os
 
-import cv2
 import numpy as np
 
 from plsc.data.bin import load_bin
 from plsc.data.label_files import read_pair_labels, read_train_labels
 from plsc.data.recordio import IndexedRecordIO, label_of
+from plsc.data.device_transform import split_for_device
 from plsc.data.transforms import DEFAULT_OPS, SampleRandom, build_transforms
 from plsc.errors import DataError
 from plsc.registry import DATASETS
@@ -22,22 +25,30 @@ from plsc.registry import DATASETS
 
 class _FaceDataset:
     def __init__(self, transform_ops, seed):
-        self.seed, self.epoch, self._pid = int(seed), 0, os.getpid()
+        self.seed, self.epoch = int(seed), 0
         self.transform = build_transforms(DEFAULT_OPS if transform_ops is None else transform_ops, seed)
+        self.device_transform, self._host = None, None
 
     def set_epoch(self, epoch):
         self.epoch = int(epoch)
 
-    def _apply(self, data, index, source):
-        if self._pid != os.getpid():  # first item in a forked DataLoader worker: one cv2 thread per worker
-            cv2.setNumThreads(1)
-            self._pid = os.getpid()
+    def defer_to_device(self):
+        """Training: uint8 items, the transform list's tail on the device. -> DeviceTransform, or None when
+        the list does not end in [RandFlipImage,] NormalizeImage [, ToCHWImage] (items stay float32)."""
+        self._host, self.device_transform = split_for_device(self.transform)
+        return self.device_transform
+
+    def _item(self, data, label, index, source):
+        if self._host is not None:
+            rng = SampleRandom(self.seed, self.epoch, index) if self._host.random else None
+            img, flip = self._host(data, rng, source)
+            return (img, label) if flip is None else (img, label, flip)
         rng = SampleRandom(self.seed, self.epoch, index) if self.transform.random else None
         img = self.transform(data, rng, source)
         if not isinstance(img, np.ndarray) or img.ndim != 3 or img.dtype != np.float32:
             raise DataError(f"{source}: transform_ops produced {getattr(img, 'dtype', type(img))} "
                             f"{getattr(img, 'shape', '')}; end them with NormalizeImage and ToCHWImage")
-        return img
+        return img, label
 
 
 def _read_file(path):
@@ -65,7 +76,7 @@ class FaceRecordIODataset(_FaceDataset):
         label = label_of(label, f"{self.rec.rec_path}: key {key}")
         if not 0 <= label < self.num_classes:
             raise DataError(f"{self.rec.rec_path}: key {key}: label {label} outside [0, {self.num_classes})")
-        return self._apply(payload, index, f"{self.rec.rec_path}: key {key}"), np.int64(label)
+        return self._item(payload, np.int64(label), index, f"{self.rec.rec_path}: key {key}")
 
 
 def describe(rec):
@@ -107,7 +118,7 @@ class FaceIdentificationDataset(_FaceDataset):
 
     def __getitem__(self, index):
         path = self.images[index]
-        return self._apply(_read_file(path), index, path), self.labels[index]
+        return self._item(_read_file(path), self.labels[index], index, path)
 
 
 @DATASETS.register()
@@ -126,7 +137,7 @@ class FaceVerificationDataset(_FaceDataset):
 
     def __getitem__(self, index):
         path = self.images[index]
-        return self._apply(_read_file(path), index, path), np.int64(self.issame[index // 2])
+        return self._item(_read_file(path), np.int64(self.issame[index // 2]), index, path)
 
 
 @DATASETS.register()
@@ -141,5 +152,5 @@ class FaceBinDataset(_FaceDataset):
         return len(self.images)
 
     def __getitem__(self, index):
-        return (self._apply(self.images[index], index, f"{self.bin_path}: image {index}"),
-                np.int64(self.issame[index // 2]))
+        return self._item(self.images[index], np.int64(self.issame[index // 2]), index,
+                          f"{self.bin_path}: image {index}")

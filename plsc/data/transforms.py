@@ -84,8 +84,12 @@ class RandFlipImage:
             raise ConfigError(f"RandFlipImage.flip_code must be 1, 0 or -1, got {flip_code!r}")
         self.flip_code, self.prob = flip_code, float(prob)
 
+    def decide(self, rng):
+        """Whether this sample is flipped (the op's one random draw)."""
+        return rng.random() < self.prob
+
     def __call__(self, img, rng):
-        if rng.random() >= self.prob:
+        if not self.decide(rng):
             return img
         if img.shape[0] == 3 and img.shape[-1] != 3:  # CHW (DecodeImage channel_first: True)
             axes = {1: (2,), 0: (1,), -1: (1, 2)}[self.flip_code]
@@ -111,6 +115,10 @@ class NormalizeImage:
         self.mul = (scale / std).astype(np.float32)
         self.add = (-mean / std).astype(np.float32)
 
+    def exact_coefficients(self):
+        """(mul, add) per channel as float64: the values this op's cv2.addWeighted computes with."""
+        return self.mul.astype(np.float64), self.add.astype(np.float64)
+
     def __call__(self, img, rng):
         chans = list(img) if self.order == "chw" else cv2.split(np.ascontiguousarray(img))
         if len(chans) != 3:
@@ -135,6 +143,7 @@ class ToCHWImage:
 class Compose:
     def __init__(self, ops):
         ops = list(ops)
+        self.configured = list(ops)  # as configured, before the fusion below (plsc.data.device_transform reads it)
         # NormalizeImage directly followed by ToCHWImage: transpose inside the multiply (one pass).
         for i in range(len(ops) - 1):
             if isinstance(ops[i], NormalizeImage) and isinstance(ops[i + 1], ToCHWImage) and ops[i].order == "hwc":

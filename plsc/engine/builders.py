@@ -3,6 +3,7 @@ import os
 
 import paddle
 
+from plsc.data.loader import build_loader
 from plsc.env import tune_allocator
 from plsc.errors import ConfigError
 from plsc.registry import DATASETS, MODELS, SAMPLERS
@@ -40,9 +41,11 @@ def build_train_loader(cfg, rank, world_size):
     if len(sampler) == 0:
         raise ConfigError(f"the training set has {len(dataset)} samples: fewer than one batch of "
                           f"{s.get('batch_size')} per rank across {world_size} ranks (drop_last={s.get('drop_last')})")
+    if hasattr(dataset, "defer_to_device"):
+        dataset.defer_to_device()  # uint8 batches; flip + normalize in the train step (plsc.data.device_transform)
     loader_cfg = section["loader"]
-    loader = paddle.io.DataLoader(dataset, batch_sampler=sampler, num_workers=loader_cfg["num_workers"],
-                                  use_shared_memory=loader_cfg["use_shared_memory"] and loader_cfg["num_workers"] > 0)
+    loader = build_loader(dataset, sampler, num_workers=loader_cfg["num_workers"],
+                          use_shared_memory=loader_cfg["use_shared_memory"])
     return dataset, sampler, loader
 
 

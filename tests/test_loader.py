@@ -1,0 +1,145 @@
+"""The training loader: uint8 batches finished on the device (bit-exact), errors that end the run with
+plsc's one-line message for 0, 1 and N workers and on every rank, and no process or file left behind."""
+import os
+import subprocess
+import sys
+import time
+
+import cv2
+import numpy as np
+import paddle
+import pytest
+
+from dist_utils import launch, rank_logs
+from plsc.data.loader import SHM_DIR, build_loader
+from plsc.registry import DATASETS, SAMPLERS
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+SMOKE = os.path.join(ROOT, "configs", "smoke", "IResNet_tiny_random.yaml")
+NORM = {"NormalizeImage": {"scale": "1.0/255.0", "mean": [0.5, 0.5, 0.5], "std": [0.5, 0.5, 0.5], "order": ""}}
+IMAGENET = {"NormalizeImage": {"scale": "1.0/255.0", "mean": [0.485, 0.456, 0.406], "std": [0.229, 0.224, 0.225],
+                               "order": "chw"}}
+PIPELINES = {
+    "plsc default (flip, RGB)": [{"DecodeImage": {"to_rgb": True}}, {"RandFlipImage": {"flip_code": 1}}, NORM,
+                                 {"ToCHWImage": None}],
+    "AdaFace augmentations, BGR": [{"DecodeImage": {"to_rgb": False}}, {"AdaFaceCrop": {"prob": 0.5}},
+                                   {"AdaFaceLowRes": {"prob": 0.5}}, {"RandFlipImage": {"flip_code": -1}}, NORM,
+                                   {"ToCHWImage": None}],
+    "CHW decode, imagenet stats, vertical flip": [{"DecodeImage": {"to_rgb": True, "channel_first": True}},
+                                                  {"RandFlipImage": {"flip_code": 0, "prob": 0.7}}, IMAGENET],
+    "ToCHW before a chw normalize, no flip": [{"DecodeImage": {"to_rgb": True}}, {"ToCHWImage": None}, IMAGENET],
+}
+
+
+@pytest.fixture(scope="module")
+def image_folder(tmp_path_factory):
+    """32 noisy 112x112 JPEGs of 4 identities, a label.txt, and one naming a missing / a corrupt image."""
+    root = tmp_path_factory.mktemp("imgs")
+    rng = np.random.default_rng(0)
+    lines = []
+    for k in range(32):
+        img = cv2.resize(rng.integers(0, 256, (14, 14, 3), dtype=np.uint8), (112, 112))
+        cv2.imwrite(str(root / f"{k}.jpg"), np.clip(img + rng.integers(0, 40, img.shape), 0, 255).astype(np.uint8))
+        lines.append(f"{k}.jpg\t{k % 4}")
+    (root / "label.txt").write_text("\n".join(lines) + "\n")
+    (root / "missing.txt").write_text("\n".join(lines[:20] + ["gone.jpg\t1"] + lines[20:]) + "\n")
+    (root / "broken.jpg").write_bytes(b"\xff\xd8\xff not really a jpeg")
+    (root / "corrupt.txt").write_text("\n".join(lines[:9] + ["broken.jpg\t2"] + lines[9:]) + "\n")
+    return root
+
+
+@pytest.mark.parametrize("route", ["numpy", "paddle"])
+@pytest.mark.parametrize("name", sorted(PIPELINES))
+def test_device_tail_equals_the_host_pipeline_bit_for_bit(image_folder, name, route, monkeypatch):
+    monkeypatch.setenv("PLSC_NUMPY_ROUTE", "1" if route == "numpy" else "0")
+    spec = dict(image_root=str(image_folder), cls_label_path=str(image_folder / "label.txt"),
+                transform_ops=PIPELINES[name], seed=3)
+    host, dev = DATASETS.build("FaceIdentificationDataset", **spec), DATASETS.build("FaceIdentificationDataset", **spec)
+    device = dev.defer_to_device()
+    assert device is not None
+    for epoch in (0, 1):
+        host.set_epoch(epoch)
+        dev.set_epoch(epoch)
+        items = [dev[i] for i in range(32)]
+        assert all(item[0].dtype == np.uint8 for item in items)
+        flips = paddle.to_tensor(np.array([item[2] for item in items])) if len(items[0]) == 3 else None
+        out = device(paddle.to_tensor(np.stack([item[0] for item in items])), flips).numpy()
+        ref = np.stack([host[i][0] for i in range(32)])
+        assert out.dtype == np.float32 and np.array_equal(out, ref), np.abs(out - ref).max()
+        assert [item[1] for item in items] == [host[i][1] for i in range(32)]
+    if flips is not None:
+        assert 0 < flips.numpy().sum() < 32  # both flipped and unflipped samples were compared
+
+
+def test_lists_without_a_device_tail_stay_on_the_host(image_folder):
+    ops = [{"DecodeImage": {"to_rgb": True}}, NORM, {"AdaFaceLowRes": {"prob": 1.0}}, {"ToCHWImage": None}]
+    ds = DATASETS.build("FaceIdentificationDataset", image_root=str(image_folder),
+                        cls_label_path=str(image_folder / "label.txt"), transform_ops=ops)
+    assert ds.defer_to_device() is None and ds[0][0].dtype == np.float32
+
+
+@pytest.mark.parametrize("workers", [0, 3])
+def test_loader_keeps_the_sampler_order_and_leaves_nothing_behind(image_folder, workers):
+    ds = DATASETS.build("FaceIdentificationDataset", image_root=str(image_folder),
+                        cls_label_path=str(image_folder / "label.txt"))
+    sampler = SAMPLERS.build("DistributedBatchSampler", dataset=ds, batch_size=5, shuffle=True, seed=1, rank=0,
+                             world_size=1)
+    expect = [np.stack([ds[i][0] for i in idx]) for idx in sampler]
+    got = [b[0].numpy() for b in build_loader(ds, sampler, num_workers=workers)]
+    assert len(got) == len(expect) == 7 and all(np.array_equal(a, b) for a, b in zip(got, expect))
+    it = iter(build_loader(ds, sampler, num_workers=workers))
+    next(it)
+    del it  # an early stop (max_train_step): workers and their batch files go away
+    time.sleep(0.5)
+    assert not [f for f in os.listdir(SHM_DIR) if f.startswith(f"plsc-batch-{os.getpid()}-")]
+    assert not _children(os.getpid()), "worker processes left"
+
+
+def _children(pid):
+    out = subprocess.run(["ps", "-o", "pid=,comm=", "--ppid", str(pid)], capture_output=True, text=True).stdout
+    return [line for line in out.splitlines() if line.split()[-1] != "ps"]
+
+
+def _alive(marker):
+    """Processes whose command line mentions `marker` (a run's unique temp path)."""
+    out = subprocess.run(["ps", "-eo", "pid=,args="], capture_output=True, text=True).stdout
+    return [line for line in out.splitlines() if str(marker) in line and "ps -eo" not in line]
+
+
+def _train(tmp_path, image_folder, label_file, workers, timeout=60):
+    cmd = [sys.executable, "-c", "from plsc.cli import train_main; train_main()", "-c", SMOKE,
+           "-o", f"Global.output_dir={tmp_path}", "-o", "Model.class_num=4",
+           "-o", f"DataLoader.Train.dataset={{name: FaceIdentificationDataset, image_root: {image_folder}, "
+                 f"cls_label_path: {image_folder / label_file}}}",
+           "-o", "DataLoader.Train.sampler.batch_size=4", "-o", f"DataLoader.Train.loader.num_workers={workers}"]
+    t = time.time()
+    out = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, cwd=ROOT)
+    return out, time.time() - t
+
+
+@pytest.mark.parametrize("workers", [0, 1, 2])
+@pytest.mark.parametrize("label_file, message", [("missing.txt", "cannot read image {root}/gone.jpg: No such file"),
+                                                 ("corrupt.txt", "{root}/broken.jpg: cannot decode the image")])
+def test_a_bad_image_ends_the_run_with_one_message(tmp_path, image_folder, workers, label_file, message):
+    out, seconds = _train(tmp_path, image_folder, label_file, workers)
+    assert out.returncode == 2, out.stderr[-3000:]
+    assert seconds < 30
+    assert message.format(root=image_folder) in out.stderr
+    lines = [line for line in out.stderr.splitlines() if line.startswith("plsc-train: error:")]
+    assert len(lines) == 1 and "Traceback" not in out.stderr, out.stderr[-3000:]
+    assert not _alive(tmp_path), "a process of the run is still alive"
+
+
+def test_a_bad_image_on_one_rank_ends_a_two_rank_run(tmp_path, image_folder):
+    args = ["plsc-train", "-c", SMOKE, "-o", f"Global.output_dir={tmp_path / 'out'}", "-o", "Model.class_num=4",
+            "-o", f"DataLoader.Train.dataset={{name: FaceIdentificationDataset, image_root: {image_folder}, "
+                  f"cls_label_path: {image_folder / 'missing.txt'}}}",
+            "-o", "DataLoader.Train.sampler.batch_size=4", "-o", "DataLoader.Train.sampler.shuffle=false",
+            "-o", "DataLoader.Train.loader.num_workers=2", "-o", "DistributedStrategy.collective_timeout=20"]
+    t = time.time()
+    proc = launch(args, nproc=2, log_dir=tmp_path / "log", check=False, timeout=120)
+    assert proc.returncode != 0 and time.time() - t < 60
+    logs = rank_logs(tmp_path / "log")
+    assert f"plsc-train: error: cannot read image {image_folder}/gone.jpg" in logs, logs[-4000:]
+    time.sleep(1)
+    assert not _alive(tmp_path), "a process of the run is still alive"
