@@ -20,6 +20,11 @@ def test_quick_demo_end_to_end(tmp_path):
     assert os.path.isfile(s["onnx"]) and os.path.isfile(os.path.join(s["checkpoint"], "manifest.json"))
     assert (out / "data" / "train.rec").stat().st_size > 0 and (out / "data" / "fontfaces_val.bin").exists()
     assert "verification accuracy" in proc.stdout
+    # progress on the terminal while training runs: a bar per ~10 % of the steps, with loss, speed and ETA
+    bars = [line for line in proc.stdout.splitlines() if line.startswith("[demo] train [")]
+    assert len(bars) >= 5 and all("loss" in b and "img/s" in b and "ETA" in b for b in bars), proc.stdout[-3000:]
+    assert bars[-1].split("step ")[1].split()[0] == f"{s['steps']}/{s['steps']}"
+    assert "[demo] train done in" in proc.stdout
     # a second run into the same folder is refused unless --force
     again = subprocess.run([sys.executable, "-c", "import sys; from plsc.demo.run import main; sys.exit(main())",
                             "--quick", "--out", str(out)], capture_output=True, text=True, timeout=60)

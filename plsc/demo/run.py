@@ -17,12 +17,12 @@ import json
 import os
 import re
 import shutil
-import subprocess
 import sys
 import time
 
 import numpy as np
 
+from plsc.demo.progress import run_with_progress
 from plsc.errors import PlscError
 
 CONFIG = os.path.join(os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))),
@@ -88,17 +88,11 @@ def _entry_script(out_dir, cmd):
     return path
 
 
-def run(cmd, log_path=None):
-    print("[demo] $ " + " ".join(cmd), flush=True)
+def run(cmd, log_path, follow=None, label="run"):
+    """Run a step of the demo, its progress on the terminal (plsc.demo.progress)."""
     env = dict(os.environ)
     env.pop("OMP_NUM_THREADS", None)  # each rank picks cores / ranks
-    out = subprocess.run(cmd, capture_output=True, text=True, env=env)
-    if log_path:
-        with open(log_path, "w") as f:
-            f.write(out.stdout + out.stderr)
-    if out.returncode != 0:
-        raise PlscError(f"command failed ({out.returncode}): {' '.join(cmd)}\n{(out.stdout + out.stderr)[-4000:]}")
-    return out.stdout + out.stderr
+    return run_with_progress(cmd, log_path, follow=follow, label=label, env=env)
 
 
 def parse_train_log(text):
@@ -179,7 +173,8 @@ def _main(args):
                  "--log_dir", os.path.join(out, "launch_logs"), _entry_script(out, "train"), *common,
                  "-o", f"Global.epochs={spec['epochs']}"]
     t = time.time()
-    run(train_cmd, os.path.join(out, "train_launcher.log"))
+    run(train_cmd, os.path.join(out, "train_launcher.log"), follow=os.path.join(out, "launch_logs", "workerlog.0"),
+        label="train")
     train_s = time.time() - t
     run_dir = os.path.join(out, "run", "IResNet18")
     with open(os.path.join(run_dir, "train.log")) as f:
@@ -187,13 +182,14 @@ def _main(args):
     best = os.path.join(run_dir, "best_model")
     ckpt = best if os.path.isdir(best) else os.path.join(run_dir, "latest")
     eval_out = run([sys.executable, _entry_script(out, "eval"), *common, "-o", f"Global.pretrained_model={ckpt}"],
-                   os.path.join(out, "eval.log"))
+                   os.path.join(out, "eval.log"), label="eval")
     export_dir = os.path.join(out, "export")
     run([sys.executable, _entry_script(out, "export"), *common, "-o", f"Global.pretrained_model={ckpt}",
-         "-o", "Export.export_type=onnx", "-o", f"Export.export_dir={export_dir}"], os.path.join(out, "export.log"))
+         "-o", "Export.export_type=onnx", "-o", f"Export.export_dir={export_dir}"], os.path.join(out, "export.log"),
+        label="export")
     onnx = [os.path.join(export_dir, f) for f in os.listdir(export_dir) if f.endswith(".onnx")][0]
     run([sys.executable, _entry_script(out, "eval"), *common, "-o", f"Global.pretrained_model={onnx}"],
-        os.path.join(out, "eval_onnx.log"))
+        os.path.join(out, "eval_onnx.log"), label="eval onnx")
     with open(os.path.join(run_dir, "eval_results.json")) as f:
         ckpt_results = json.load(f)
     with open(os.path.join(os.path.dirname(onnx), "eval_results.json")) as f:

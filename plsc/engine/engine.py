@@ -66,6 +66,9 @@ class Engine:
         if g["accum_steps"] < 1:
             raise ConfigError(f"Global.accum_steps must be >= 1, got {g['accum_steps']}")
         self.dataset, self.sampler, self.loader = build_train_loader(cfg, self.rank, self.world_size)
+        self.inputs = getattr(self.dataset, "device_transform", None)  # uint8 batch -> normalized images
+        if self.inputs is not None:
+            self.log.info(f"training images cross the loader as uint8; on the device: {self.inputs}")
         batch_size = cfg["DataLoader"]["Train"]["sampler"]["batch_size"]
         if g["accum_steps"] > batch_size:
             raise ConfigError(f"Global.accum_steps={g['accum_steps']} splits each batch of "
@@ -134,7 +137,7 @@ class Engine:
         """One optimizer step on one loader batch; returns the loss as a device scalar."""
         g, st = self.cfg["Global"], self.state
         paddle.seed((g["seed"] + 7919 * st["global_step"] + 104729 * self.rank) % (2 ** 31))
-        micro = split_batch(batch, g["accum_steps"])
+        micro = split_batch(self._images(batch), g["accum_steps"])
         sizes = [[int(labels.shape[0])] * self.world_size for _, labels in micro] if self._equal_batches else None
         plan = self.head.plan([labels for _, labels in micro], sizes)
         weights = _micro_weights(plan.sizes)
@@ -166,6 +169,12 @@ class Engine:
         self.last_lr = lr
         return total
 
+    def _images(self, batch):
+        """(images, labels): uint8 batches (with their flips) normalized on the device, float ones as they are."""
+        if self.inputs is None:
+            return batch[0], batch[1]
+        return self.inputs(batch[0], batch[2] if len(batch) > 2 else None), batch[1]
+
     @property
     def _equal_batches(self):
         """Every rank's batch has the same size (plsc's samplers guarantee it): no size exchange needed."""
@@ -193,11 +202,11 @@ class Engine:
     def _after_step(self, loss, timer):
         g, st = self.cfg["Global"], self.state
         step = st["global_step"]
-        if step % g["print_batch_step"] == 0 or step == 1:
+        steps_left = (g["epochs"] - st["epoch"]) * self.steps_per_epoch - st["batch_in_epoch"]
+        if g["max_train_step"] is not None:
+            steps_left = min(steps_left, g["max_train_step"] - step)
+        if step % g["print_batch_step"] == 0 or step == 1 or steps_left == 0:  # first, every N-th and last step
             value = loss.item()  # the loss is read back on logging steps only
-            steps_left = (g["epochs"] - st["epoch"]) * self.steps_per_epoch - st["batch_in_epoch"]
-            if g["max_train_step"] is not None:
-                steps_left = min(steps_left, g["max_train_step"] - step)
             rc, bc = timer.averages()
             ips = self.global_batch / bc if bc > 0 else 0.0
             self.log.info(
@@ -297,9 +306,9 @@ class _Timer:
 
 
 def split_batch(batch, parts):
-    """A loader batch (images, labels) as `parts` micro-batches (PLSC's Global.accum_steps: the configured
+    """A batch (images, labels) as `parts` micro-batches (PLSC's Global.accum_steps: the configured
     batch is split, not multiplied); sizes differ by at most one, empty parts are dropped."""
-    images, labels = batch[0], batch[1]
+    images, labels = batch
     n = int(labels.shape[0])
     if parts == 1:
         return [(images, labels)]

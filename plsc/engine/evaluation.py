@@ -23,8 +23,13 @@ class Evaluator:
     def run(self, embed_fn):
         from plsc.metrics.evaluator import evaluate_sets, format_table
 
+        from plsc.progress import Progress
+
+        share = f" (rank 0's share of {self.world_size} ranks)" if self.world_size > 1 else ""
+        progress_for = (lambda name, n: Progress(n, "images", f"eval set '{name}': embedded", log=self.log.info,
+                                                 note=share)) if self.rank == 0 else None
         results = evaluate_sets(embed_fn, self.sets, batch_size=self.batch_size, flip_test=self.flip_test,
-                                rank=self.rank, world_size=self.world_size)
+                                rank=self.rank, world_size=self.world_size, progress_for=progress_for)
         self.log.info("verification:\n" + format_table(results))
         return results
 

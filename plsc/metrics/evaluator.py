@@ -12,6 +12,7 @@ slice of every set (plsc.metrics.embedding) and the embeddings are all-gathered;
 """
 import os
 
+from plsc.distributed import shard_range
 from plsc.errors import ConfigError, DataError
 from plsc.metrics.embedding import embed_images, on_all_ranks
 from plsc.metrics.verification import verify
@@ -44,14 +45,18 @@ def build_eval_dataset(name, spec):
     return ds
 
 
-def evaluate_sets(embed_fn, sets, batch_size=64, flip_test=True, rank=0, world_size=1):
-    """{set name: dataset spec or dataset} -> {set name: verification results} (same on every rank)."""
+def evaluate_sets(embed_fn, sets, batch_size=64, flip_test=True, rank=0, world_size=1, progress_for=None):
+    """{set name: dataset spec or dataset} -> {set name: verification results} (same on every rank).
+
+    progress_for(set name, images on this rank) -> a progress(done, total) callback, or None."""
     results = {}
     for name, spec in sets.items():
         ds = on_all_ranks(lambda: build_eval_dataset(name, spec), rank, world_size, f"loading eval set '{name}'")
+        start, end = shard_range(len(ds), rank, world_size)
         raw, flipped = embed_images(embed_fn, lambda i, ds=ds: ds[i][0], len(ds), batch_size=batch_size,
                                     flip_test=flip_test, rank=rank, world_size=world_size,
-                                    name=f"eval set '{name}'")
+                                    name=f"eval set '{name}'",
+                                    progress=progress_for(name, end - start) if progress_for else None)
         results[name] = verify(raw, ds.issame, flipped, name=f"eval set '{name}'")
     return results
 

@@ -19,6 +19,7 @@ import numpy as np
 from plsc.data.label_files import check_outputs, make_dirs, output_path, read_train_labels, safe_relpath
 from plsc.data.recordio import IndexedRecordIOWriter, pack
 from plsc.errors import DataError, PlscError
+from plsc.progress import Progress
 
 _IMAGE_EXT = (".jpg", ".jpeg", ".png", ".bmp")
 MAX_EXACT_LABEL = 1 << 24
@@ -93,12 +94,12 @@ def pack_images(paths, labels, image_root, out_dir, encode="keep", quality=95, w
         with IndexedRecordIOWriter(tmp[1], tmp[0]) as w, open(tmp[2], "w") as lst:
             w.write(0, pack([len(jobs) + 1, len(jobs) + 1 + num_classes], b""))
             starts = np.zeros(num_classes + 1, np.int64)
+            progress = Progress(len(jobs), "images", "packed", log=log)
             for key, (i, (data, shape)) in enumerate(zip(order, results), 1):
                 w.write(key, pack(float(labels[i]), data, id=key))
                 lst.write(f"{key}\t{labels[i]}\t{paths[i]}\n")
                 starts[labels[i] + 1] += 1
-                if key % 10000 == 0:
-                    log(f"packed {key}/{len(jobs)} images")
+                progress(key)
             bounds = 1 + np.cumsum(starts)
             for c in range(num_classes):
                 key = len(jobs) + 1 + c
