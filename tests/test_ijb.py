@@ -10,7 +10,7 @@ import pytest
 
 from plsc.errors import DataError
 from plsc.metrics.align import ARCFACE_TEMPLATE, align_face, umeyama
-from plsc.metrics.ijb import FARS, evaluate_ijb, load_aligned, roc_curve, tar_at_far
+from plsc.metrics.ijb import FARS, evaluate_ijb, evaluate_ijb_verification, load_aligned, roc_curve, tar_at_far
 from plsc.metrics.ijb_meta import read_ijb
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -320,6 +320,33 @@ def test_cli_errors_exit_2(tmp_path, capsys):
         main(["--model", "nowhere.onnx", "--root", root])
     assert e.value.code == 2
     assert "ijbc_template_pair_label.txt" in capsys.readouterr().err
+
+
+def test_a_1n_problem_keeps_the_1to1_results(tmp_path, capsys):
+    """A gallery list that misses a probe subject's template: 1:N fails, the 1:1 results (and the
+    template embeddings asked for) are written before it, and the error says where they are."""
+    from plsc.tools.ijb_eval import main
+
+    root = str(tmp_path / "IJBC")
+    make_ijb(root)
+    gallery = os.path.join(root, "meta", "ijbc_1N_gallery_G2.csv")
+    lines = open(gallery).read().splitlines()
+    with open(gallery, "w") as f:
+        f.write("\n".join(lines[:1] + lines[3:]) + "\n")  # drop the first template's two rows
+    _write_pool_onnx(str(tmp_path / "pool.onnx"))
+    out = tmp_path / "out"
+    with pytest.raises(SystemExit) as e:
+        main(["--model", str(tmp_path / "pool.onnx"), "--root", root, "--out", str(out), "--batch-size", "16",
+              "--save-embeddings"])
+    assert e.value.code == 2
+    err = capsys.readouterr().err
+    assert "IJBC 1:N identification failed" in err and f"the 1:1 results are in {out / 'ijbc'}_results.json" in err
+    res = json.loads((out / "ijbc_results.json").read_text())
+    ref, _, _ = evaluate_ijb_verification(PoolEmbed(), root, "IJBC")
+    assert res["tar_at_far"] == ref["tar_at_far"] and res["identification"] is None
+    assert res["identification_error"] in err
+    saved = np.load(out / "ijbc_templates.npz")
+    assert saved["features"].shape[0] == saved["template_ids"].shape[0] == res["num_templates"]
 
 
 # ----------------------------------------------------------------- bad input

@@ -121,13 +121,12 @@ def tar_at_far(fpr, tpr, fars=FARS):
     return out
 
 
-def evaluate_ijb(embed_fn, root, target="IJBC", batch_size=128, flip_test=True, norm_weight=True,
-                 det_weight=True, rank=0, world_size=1, meta=None, progress=None):
-    """-> (results dict of plain numbers, roc {fpr, tpr, scores, labels} arrays). Same on every rank.
+def evaluate_ijb_verification(embed_fn, root, target="IJBC", batch_size=128, flip_test=True, norm_weight=True,
+                              det_weight=True, rank=0, world_size=1, meta=None, progress=None):
+    """The 1:1 protocol -> (results dict, roc {fpr, tpr, scores, labels}, templates (ids, features)).
 
-    meta: an already read IJBMeta of (root, target) (read here when None).
-    progress: progress(done, total) after every batch of this rank's images.
-    """
+    Same on every rank. meta: an already read IJBMeta of (root, target) (read here when None).
+    progress: progress(done, total) after every batch of this rank's images."""
     if meta is None:
         meta = on_all_ranks(lambda: read_ijb(root, target), rank, world_size, f"reading {target} meta")
     n = len(meta.image_paths)
@@ -149,9 +148,19 @@ def evaluate_ijb(embed_fn, root, target="IJBC", batch_size=128, flip_test=True, 
         "flip_test": bool(flip_test), "norm_weight": bool(norm_weight), "det_weight": bool(det_weight),
         "tar_at_far": tar_at_far(fpr, tpr), "identification": None,
     }
+    return results, {"fpr": fpr, "tpr": tpr, "scores": scores, "labels": meta.pair_labels}, (t_ids, t_feats)
+
+
+def evaluate_ijb(embed_fn, root, target="IJBC", batch_size=128, flip_test=True, norm_weight=True,
+                 det_weight=True, rank=0, world_size=1, meta=None, progress=None):
+    """1:1 and, when the meta has gallery / probe lists, 1:N -> (results, roc). Same on every rank."""
+    if meta is None:
+        meta = on_all_ranks(lambda: read_ijb(root, target), rank, world_size, f"reading {target} meta")
+    results, roc, (t_ids, t_feats) = evaluate_ijb_verification(
+        embed_fn, root, target, batch_size, flip_test, norm_weight, det_weight, rank, world_size, meta, progress)
     if meta.one_to_n:
         results["identification"] = identify(t_ids, t_feats, meta.one_to_n)
-    return results, {"fpr": fpr, "tpr": tpr, "scores": scores, "labels": meta.pair_labels}
+    return results, roc
 
 
 def format_ijb(results):

@@ -7,14 +7,15 @@
     python -m paddle.distributed.launch --nproc_per_node=8 plsc-ijb ...            # images split over ranks
 
 Writes <out>/<target>_results.json, <out>/<target>_roc.png (and <target>_scores.npz with
---save-scores) and prints the TAR@FAR and identification tables. A user error prints one message
-and exits with code 2.
+--save-scores, <target>_templates.npz with --save-embeddings) as soon as 1:1 is done, then runs 1:N
+and adds it to the json. Prints progress while embedding and the TAR@FAR and identification tables.
+A user error prints one message and exits with code 2; a 1:N problem (e.g. a probe subject without a
+gallery template) is recorded in the json ("identification_error") without discarding the 1:1 results.
 """
 import argparse
 import json
 import os
 import sys
-import time
 
 from plsc.env import setup_threads
 
@@ -39,6 +40,8 @@ def build_parser():
     p.add_argument("--det-weight", action=argparse.BooleanOptionalAction, default=True,
                    help="weight image features by the detector score (default on)")
     p.add_argument("--save-scores", action="store_true", help="also write the 1:1 pair scores and labels (.npz)")
+    p.add_argument("--save-embeddings", action="store_true",
+                   help="also write the template ids and features (.npz), before 1:N runs")
     return p
 
 
@@ -77,44 +80,56 @@ def resolve_embedder(args):
     return load_embedder(path), os.path.basename(os.path.normpath(path)), rank, world_size
 
 
-class Progress:
-    """Prints rank 0's embedding progress about every 5% and at the end."""
-
-    def __init__(self, rank, world_size):
-        self.rank, self.world_size, self.next, self.t0 = rank, world_size, 0.0, time.time()
-
-    def __call__(self, done, total):
-        if done / total >= self.next or done == total:
-            self.next = done / total + 0.05
-            share = f" (rank 0's share of {self.world_size} ranks)" if self.world_size > 1 else ""
-            print(f"embedded {done}/{total} images{share}, {time.time() - self.t0:.0f} s", flush=True)
-
-
 def run(args):
     import numpy as np
 
-    from plsc.metrics.ijb import evaluate_ijb, format_ijb, plot_roc, read_ijb
+    from plsc.errors import PlscError
+    from plsc.metrics.ijb import evaluate_ijb_verification, format_ijb, identify, plot_roc, read_ijb
+    from plsc.progress import Progress
 
     meta = read_ijb(args.root, args.target)  # fail on missing meta files before loading any model
     embed_fn, label, rank, world_size = resolve_embedder(args)
-    results, roc = evaluate_ijb(embed_fn, args.root, args.target, batch_size=args.batch_size,
-                                flip_test=not args.no_flip, norm_weight=args.norm_weight,
-                                det_weight=args.det_weight, rank=rank, world_size=world_size, meta=meta,
-                                progress=Progress(rank, world_size) if rank == 0 else None)
-    if rank != 0:
-        return results
+    share = f" (rank 0's share of {world_size} ranks)" if world_size > 1 else ""
+    progress = Progress(len(meta.image_paths), "images", "embedded", note=share,
+                        log=lambda m: print(m, flush=True)) if rank == 0 else None
+    results, roc, (t_ids, t_feats) = evaluate_ijb_verification(
+        embed_fn, args.root, args.target, batch_size=args.batch_size, flip_test=not args.no_flip,
+        norm_weight=args.norm_weight, det_weight=args.det_weight, rank=rank, world_size=world_size, meta=meta,
+        progress=progress)
     out = args.out or "ijb_results"
-    os.makedirs(out, exist_ok=True)
     stem = os.path.join(out, args.target.lower())
     results["model"] = label
-    with open(stem + "_results.json", "w") as f:
-        json.dump(results, f, indent=1)
-    plot_roc({label: (roc["fpr"], roc["tpr"])}, stem + "_roc.png", title=f"ROC on {args.target}")
-    if args.save_scores:
-        np.savez(stem + "_scores.npz", **roc)
+    if rank == 0:  # the 1:1 results are kept before 1:N runs: a 1:N problem must not lose hours of embedding
+        os.makedirs(out, exist_ok=True)
+        _write_json(stem + "_results.json", results)
+        plot_roc({label: (roc["fpr"], roc["tpr"])}, stem + "_roc.png", title=f"ROC on {args.target}")
+        if args.save_scores:
+            np.savez(stem + "_scores.npz", **roc)
+        if args.save_embeddings:
+            np.savez(stem + "_templates.npz", template_ids=t_ids, features=t_feats)
+        print(f"wrote {stem}_results.json (1:1) and {stem}_roc.png", flush=True)
+    if meta.one_to_n:
+        try:
+            results["identification"] = identify(t_ids, t_feats, meta.one_to_n)
+        except PlscError as e:
+            results["identification_error"] = str(e)
+            if rank == 0:
+                _write_json(stem + "_results.json", results)
+            raise PlscError(f"{args.target} 1:N identification failed: {e} (the 1:1 results are in "
+                            f"{stem}_results.json)") from None
+    if rank != 0:
+        return results
+    _write_json(stem + "_results.json", results)
     print(format_ijb(results), flush=True)
     print(f"wrote {stem}_results.json and {stem}_roc.png", flush=True)
     return results
+
+
+def _write_json(path, obj):
+    tmp = path + ".tmp"
+    with open(tmp, "w") as f:
+        json.dump(obj, f, indent=1)
+    os.replace(tmp, path)
 
 
 def main(argv=None):
