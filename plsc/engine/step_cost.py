@@ -5,6 +5,7 @@
     cost.syncs              # reads of device memory by the host (each stalls until the device drains)
     cost.sync_sites         # {"file:line (Tensor.item)": count}: where they happen
     cost.collectives        # [(name, bytes sent by this rank)] of every collective issued from Python
+    cost.collectives_shaped # the same with the tensor's shape: [(name, bytes, shape)]
 
 A host synchronisation is any call that hands a tensor's *values* to Python: `Tensor.item`, `numpy`,
 `tolist`, `__bool__` / `__float__` / `__int__` / `__index__` (an `if t:` or `float(t)`), and
@@ -34,7 +35,7 @@ class StepCost:
     """Context manager counting host syncs and Python-level collectives in its block (this thread)."""
 
     def __init__(self):
-        self.syncs, self.sync_sites, self.collectives = 0, {}, []
+        self.syncs, self.sync_sites, self.collectives, self.collectives_shaped = 0, {}, [], []
         self._saved, self._depth = [], threading.local()
 
     # ------------------------------------------------------------------ patching
@@ -64,6 +65,8 @@ class StepCost:
             if depth == 0:
                 tensor = args[1] if name == "all_gather" and len(args) > 1 else (args[0] if args else None)
                 cost.collectives.append((name, _nbytes(tensor)))
+                shape = list(tensor.shape) if isinstance(tensor, paddle.Tensor) else []
+                cost.collectives_shaped.append((name, _nbytes(tensor), shape))
             cost._depth.n = depth + 1
             try:
                 return fn(*args, **kwargs)
