@@ -77,8 +77,8 @@ class LossScaler:
     init_loss_scaling 1; the finiteness check always runs so a NaN step is skipped at any level.
     """
 
-    def __init__(self, init_loss_scaling=2.0 ** 15, incr_ratio=2.0, decr_ratio=0.5, incr_every_n_steps=1000,
-                 decr_every_n_nan_or_inf=2, use_dynamic_loss_scaling=True, enabled=True):
+    def __init__(self, init_loss_scaling=1024.0, incr_ratio=2.0, decr_ratio=0.5, incr_every_n_steps=1000,
+                 decr_every_n_nan_or_inf=2, use_dynamic_loss_scaling=True, enabled=True, max_loss_scaling=2.0 ** 32):
         if not init_loss_scaling > 0:
             raise ConfigError(f"FP16.GradScaler.init_loss_scaling must be > 0, got {init_loss_scaling}")
         if not incr_ratio > 1:
@@ -90,6 +90,10 @@ class LossScaler:
                 raise ConfigError(f"FP16.GradScaler.{key} must be an integer >= 1, got {val}")
         self.enabled = enabled
         self.dynamic = enabled and use_dynamic_loss_scaling
+        if not max_loss_scaling >= init_loss_scaling:
+            raise ConfigError(f"FP16.GradScaler.max_loss_scaling ({max_loss_scaling}) must be >= init_loss_scaling "
+                              f"({init_loss_scaling})")
+        self.max_scale = float(max_loss_scaling)
         self.scale_value = float(init_loss_scaling) if enabled else 1.0
         self.incr_ratio, self.decr_ratio = float(incr_ratio), float(decr_ratio)
         self.incr_every, self.decr_every = incr_every_n_steps, decr_every_n_nan_or_inf
@@ -97,7 +101,7 @@ class LossScaler:
 
     @classmethod
     def from_config(cls, fp16_cfg):
-        gs = dict(fp16_cfg.get("GradScaler") or {})
+        gs = {k: v for k, v in (fp16_cfg.get("GradScaler") or {}).items() if k != "no_unscale_list"}
         return cls(enabled=fp16_cfg["level"] != "O0", **gs)
 
     def scale(self, loss):
@@ -118,7 +122,7 @@ class LossScaler:
             self.bad_steps = 0
             self.good_steps += 1
             if self.good_steps >= self.incr_every:
-                self.scale_value *= self.incr_ratio
+                self.scale_value = min(self.scale_value * self.incr_ratio, self.max_scale)
                 self.good_steps = 0
 
     def state_dict(self):

@@ -309,11 +309,51 @@ def validate(raw, schema=None, path=""):
     return out
 
 
+class Config(dict):
+    """The validated config (a plain nested dict) and `notes`: one line per accepted key that has no effect."""
+
+    notes = ()
+
+
+# PLSC: an FP16 section without a level means O2; an EMA section means an EMA
+_SECTION_DEFAULTS = {("FP16", "level"): "O2", ("EMA", "enabled"): True}
+
+
+def _presence_defaults(raw):
+    for (section, key), value in _SECTION_DEFAULTS.items():
+        if section in raw and raw[section] is None:  # "FP16:" with nothing under it
+            raw[section] = {key: value}
+        elif isinstance(raw.get(section), dict) and key not in raw[section]:
+            raw[section][key] = value
+
+
+def _notes(raw):
+    """Keys PLSC configs set that change nothing in plsc: one line each, naming the key and why."""
+    g = raw.get("Global") if isinstance(raw.get("Global"), dict) else {}
+    notes = []
+    if g.get("use_dali"):
+        notes.append("Global.use_dali has no effect: plsc's own loader reads the data (PLSC builds no DALI loader "
+                     "for face recognition either)")
+    if "finetune" in g:
+        notes.append("Global.finetune has no effect: Global.pretrained_model always loads the backbone (and the FC "
+                     "when Model.class_num matches); in PLSC finetune: true loaded nothing")
+    if (raw.get("Loss") or {}).get("Eval"):
+        notes.append("Loss.Eval has no effect: evaluation is verification on embeddings (PLSC's face evaluation "
+                     "does not use it either)")
+    if (raw.get("Metric") or {}).get("Train"):
+        notes.append("Metric.Train is not computed: PLSC's TopkAcc over the sampled, shard-local logits does not "
+                     "measure a sharded classifier; the training loss is logged instead")
+    return notes
+
+
 def load_config(path, overrides=()):
     raw = _read_yaml(path, [])
     for text in overrides:
         apply_override(raw, text)
-    return validate(raw)
+    _presence_defaults(raw)
+    cfg = Config(validate(raw))
+    cfg.notes = _notes(raw)
+    return cfg
 
 
 def peek(path, overrides, keys, default):
@@ -330,8 +370,16 @@ def peek(path, overrides, keys, default):
         return default
 
 
+def _plain(node):
+    if isinstance(node, dict):
+        return {k: _plain(v) for k, v in node.items()}
+    if isinstance(node, list):
+        return [_plain(v) for v in node]
+    return node
+
+
 def dump_config(cfg):
-    return yaml.safe_dump(cfg, sort_keys=False, default_flow_style=None)
+    return yaml.safe_dump(_plain(cfg), sort_keys=False, default_flow_style=None)
 
 
 # ---------------------------------------------------------------- docs/config.md

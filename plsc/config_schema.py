@@ -59,12 +59,14 @@ def _loader_section(train):
         "sampler": Registered(
             "SAMPLERS",
             {"name": "DistributedBatchSampler" if train else "BatchSampler", "batch_size": 128,
-             "drop_last": False, "shuffle": train},
+             "drop_last": False, "shuffle": False},
             "batch sampler: {name, batch_size (per rank), drop_last, shuffle}",
         ),
         "loader": {
             "num_workers": Key(8 if train else 0, int, "DataLoader worker processes per rank"),
             "use_shared_memory": Key(True, bool, "pass batches through shared memory"),
+            "collate_fn": Key("default_collate_fn", str, "PLSC's collate function name (stack every field)",
+                              choices=["default_collate_fn"]),
         },
     }
 
@@ -72,22 +74,32 @@ def _loader_section(train):
 SCHEMA = {
     "Global": {
         "task_type": Key("recognition", str, "task; plsc trains face recognition", choices=["recognition"]),
-        "train_epoch_func": Key("default_train_one_epoch", str, "kept for PLSC compatibility",
-                                choices=["default_train_one_epoch"]),
+        "train_epoch_func": Key("default_train_one_epoch", str, "PLSC's train loop name (its configs before "
+                                "2022-12-26 spell it defualt_train_one_epoch)",
+                                choices=["default_train_one_epoch", "defualt_train_one_epoch"]),
         "eval_func": Key("face_verification_eval", str, "kept for PLSC compatibility",
                          choices=["face_verification_eval"]),
         "checkpoint": Key(None, OPT_STR, "checkpoint dir (e.g. output/IResNet50/latest) to resume from"),
-        "pretrained_model": Key(None, OPT_STR, "weights to start from / evaluate / export (checkpoint dir or prefix)"),
+        "pretrained_model": Key(None, OPT_STR, "weights to start from / evaluate / export: a plsc checkpoint dir, a "
+                                "plsc-import output, or a PLSC prefix (output/IResNet50/latest -> latest.pdparams "
+                                "[+ latest_rank{r}.pdparams])"),
+        "finetune": Key(False, bool, "PLSC key without effect: Global.pretrained_model always fine-tunes (warned)"),
         "output_dir": Key("./output/", str, "root of logs and checkpoints; a run writes <output_dir>/<Model.name>/"),
-        "device": Key("gpu", str, "gpu or cpu; gpu falls back to cpu (with a log line) when Paddle has no CUDA",
-                      choices=["gpu", "cpu"]),
+        "device": Key("gpu", str, "gpu or cpu; gpu falls back to cpu (with a log line) when Paddle has no CUDA; "
+                      "PLSC's xpu / npu are accepted and run on cpu (warned)", choices=["gpu", "cpu", "xpu", "npu"]),
+        "flags": Key(None, (dict, type(None)), "Paddle flags to set (paddle.set_flags), PLSC's: merged over "
+                     "FLAGS_cudnn_exhaustive_search 1, FLAGS_cudnn_batchnorm_spatial_persistent 1, "
+                     "FLAGS_max_inplace_grad_add 8 on GPU runs (cuDNN flags are warned about and skipped on CPU)"),
+        "use_dali": Key(False, bool, "PLSC key without effect (plsc's loader reads the data; warned when true)"),
         "save_interval": Key(1, int, "save a checkpoint every N save_units"),
         "save_unit": Key("epoch", str, "unit of save_interval", choices=["epoch", "step"]),
-        "max_num_latest_checkpoint": Key(0, int, "keep the N newest epoch_N checkpoints (0 keeps all)"),
+        "max_num_latest_checkpoint": Key(0, int, "PLSC's meaning: 0 writes no epoch_N checkpoint, N > 0 keeps the "
+                                         "N newest epoch_N, < 0 keeps all (latest / best_model always)"),
         "eval_during_train": Key(True, bool, "evaluate while training"),
         "eval_interval": Key(2000, int, "evaluate every N eval_units"),
         "eval_unit": Key("step", str, "unit of eval_interval", choices=["step", "epoch"]),
-        "accum_steps": Key(1, int, "gradient accumulation: micro-batches per optimizer step"),
+        "accum_steps": Key(1, int, "PLSC's meaning: each batch of sampler.batch_size is split into N micro-batches "
+                           "(one optimizer step per batch; the global batch stays batch_size x ranks)"),
         "epochs": Key(20, int, "number of epochs"),
         "max_train_step": Key(None, OPT_INT, "stop after this many optimizer steps (null: run all epochs)"),
         "print_batch_step": Key(100, int, "log every N steps"),
@@ -96,23 +108,31 @@ SCHEMA = {
         "max_nan_skips": Key(10, int, "stop (saving the last good state) after N consecutive non-finite steps"),
     },
     "FP16": {
-        "level": Key("O0", str, "mixed precision level: O0 fp32, O1 auto_cast, O2 fp16 params + fp32 master weights",
-                     choices=["O0", "O1", "O2"]),
+        "level": Key("O0", str, "mixed precision level: O0 fp32, O1 auto_cast, O2 fp16 params (+ fp32 master "
+                     "weights with Optimizer.use_master_param); as in PLSC, O2 when the FP16 section is given "
+                     "without a level, O0 when there is no FP16 section", choices=["O0", "O1", "O2"]),
         "dtype": Key("float16", str, "low-precision dtype", choices=["float16", "bfloat16"]),
         "fp16_custom_white_list": Key([], list, "extra ops run in low precision under O1/O2"),
         "fp16_custom_black_list": Key([], list, "extra ops kept in fp32 under O1/O2"),
         "GradScaler": {
-            "init_loss_scaling": Key(27648.0, NUM, "initial loss scale (> 0)"),
+            "init_loss_scaling": Key(1024.0, NUM, "initial loss scale (> 0)"),
+            "max_loss_scaling": Key(2.0 ** 32, NUM, "the scale never grows above this"),
             "incr_ratio": Key(2.0, NUM, "scale growth factor (> 1)"),
             "decr_ratio": Key(0.5, NUM, "scale backoff factor (in (0, 1))"),
-            "incr_every_n_steps": Key(2000, int, "grow the scale after N consecutive finite steps"),
-            "decr_every_n_nan_or_inf": Key(1, int, "back off after N consecutive non-finite steps"),
+            "incr_every_n_steps": Key(1000, int, "grow the scale after N consecutive finite steps"),
+            "decr_every_n_nan_or_inf": Key(2, int, "back off after N consecutive non-finite steps"),
             "use_dynamic_loss_scaling": Key(True, bool, "adjust the scale dynamically"),
+            "no_unscale_list": Key([], list, "substrings of parameter names whose gradients are neither unscaled "
+                                   "nor checked for inf / NaN (PLSC)"),
         },
     },
     "DistributedStrategy": {
         "data_parallel": Key(True, bool, "average backbone gradients across ranks"),
-        "recompute": Key(False, bool, "recompute each backbone block in backward (saves activation memory)"),
+        "recompute": Key(False, (bool, dict), "recompute blocks in backward (saves activation memory): true (every "
+                         "block) or PLSC's {layerlist_interval: k, names: [stage names]}: every k-th block of the "
+                         "backbone's block lists, and the named stages (e.g. layer1) as one unit each"),
+        "data_sharding": Key(False, bool, "PLSC key; true is refused (PLSC does not support it either)",
+                             choices=[False]),
         "sync_bn": Key(False, bool, "BatchNorm with global-batch statistics across ranks (W ranks x b == 1 x W*b)"),
         "collective_timeout": Key(300, int, "seconds a collective may wait for other ranks before the job fails"),
     },
@@ -128,13 +148,17 @@ SCHEMA = {
         "class_num": Key(93431, int, "number of identities"),
         "pfc_config": {
             "sample_ratio": Key(1.0, NUM, "PartialFC: fraction of each class shard sampled per step, in (0, 1]"),
-            "model_parallel": Key(True, bool, "shard the FC by class across ranks (false: replicate it)"),
+            "model_parallel": Key(False, bool, "shard the FC by class across ranks (false: replicate it; PLSC's "
+                                  "default)"),
+            "sparse_update": Key(True, bool, "update only the rows a step used; false: PLSC's dense update (every "
+                                 "row's momentum decays and weight decay applies each step)"),
         },
     },
     "Loss": {
         "Train": RegisteredList("LOSSES", [{"MarginLoss": {"m1": 1.0, "m2": 0.5, "m3": 0.0, "s": 64.0,
-                                                           "model_parallel": True, "weight": 1.0}}],
+                                                           "weight": 1.0}}],
                                 "margin head: [- MarginLoss {m1, m2, m3, s}] or [- AdaFaceLoss {m, h, s, t_alpha}]"),
+        "Eval": RegisteredList("LOSSES", [], "PLSC key without effect: verification evaluates embeddings (warned)"),
     },
     "LRScheduler": Registered("LR_SCHEDULERS", {"name": "Poly", "learning_rate": 0.1, "decay_unit": "step",
                                                 "warmup_steps": 0},
@@ -144,7 +168,18 @@ SCHEMA = {
                             "optimizer: {name: Momentum|AdamW, ..., grad_clip: {name: ClipGradByGlobalNorm, ...}}"),
     "DataLoader": {"Train": _loader_section(True), "Eval": _loader_section(False)},
     "Metric": {
+        "Train": Key([], list, "PLSC key, not computed (warned): PLSC's TopkAcc on the sampled, shard-local logits "
+                     "does not measure a sharded classifier; the loss is logged"),
         "Eval": RegisteredList("METRICS", [{"LFWAcc": {"flip_test": True}}], "verification metrics"),
+    },
+    "EMA": {
+        "enabled": Key(False, bool, "keep an exponential moving average of the backbone weights (true when an EMA "
+                       "section is given, as in PLSC); saved and resumed with the checkpoints; plsc-eval / "
+                       "plsc-export use it when the section is present"),
+        "decay": Key(0.9999, NUM, "shadow = d * shadow + (1 - d) * weight"),
+        "thres_steps": Key(True, bool, "d = min(decay, (1 + n) / (10 + n)) after n updates"),
+        "ema_eval": Key(False, bool, "also evaluate the EMA weights when evaluating during training"),
+        "eval_start_epoch": Key(0, int, "evaluate the EMA weights only after this many epochs"),
     },
     "Export": {
         "export_type": Key("onnx", str, "paddle (inference.json/pdiparams) or onnx", choices=["paddle", "onnx"]),
@@ -158,7 +193,8 @@ SCHEMA = {
 
 REGISTERED_KWARGS = {
     # keys every registered LR scheduler accepts besides its own
-    "LR_SCHEDULERS": {"name", "learning_rate", "decay_unit", "warmup_steps", "warmup_epochs", "warmup_start_lr"},
+    "LR_SCHEDULERS": {"name", "learning_rate", "decay_unit", "warmup_steps", "warmup_epochs", "warmup_start_lr",
+                      "warmup_end_lr", "last_epoch", "verbose"},
     # keys every optimizer section accepts besides the optimizer's own
     "OPTIMIZERS": {"name", "grad_clip", "no_weight_decay_for_bn_bias"},
 }

@@ -200,6 +200,37 @@ def _expected(images, issame, flip):
 
 
 @pytest.mark.parametrize("flip", [True, False])
+def test_plsc_flip_test_folder_is_fused_not_double_counted(tmp_path, flip):
+    """A PLSC pairs folder made with --flip_test (N pairs, then the N mirrored pairs) scores N pairs: with
+    flip_test its stored mirrors are fused with the originals (PLSC's meaning), giving exactly what the
+    .bin with plsc's own flip gives; without, the mirrored copies are not scored as more pairs."""
+    from plsc.tools import bin_convert
+
+    make_bin(tmp_path / "tiny.bin", pairs=30)
+    assert bin_convert.main(["to-pairs", str(tmp_path / "tiny.bin"), str(tmp_path / "pairs"), "--flip"]) == 0
+    lines = (tmp_path / "pairs" / "label.txt").read_text().splitlines()
+    assert len(lines) == 60 and "_hflip" in lines[30]
+    spec = {"name": "FaceVerificationDataset", "image_root": str(tmp_path / "pairs"),
+            "cls_label_path": str(tmp_path / "pairs" / "label.txt")}
+    logs = []
+    folder = evaluate_sets(PoolEmbed(), {"pairs": spec}, batch_size=16, flip_test=flip, log=logs.append)["pairs"]
+    ref = evaluate_sets(PoolEmbed(), {"tiny": {"name": "FaceBinDataset", "bin_path": str(tmp_path / "tiny.bin")}},
+                        batch_size=16, flip_test=flip)["tiny"]
+    assert folder["num_pairs"] == 30
+    for k in ("acc", "std", "xnorm", "threshold", "feat_norm"):
+        assert folder[k] == pytest.approx(ref[k], rel=1e-6, abs=1e-9), k
+    assert "--flip_test" in logs[0] and ("fused" in logs[0] if flip else "not scored" in logs[0])
+
+
+def test_lfwacc_folds_and_refused_pca():
+    rng = np.random.default_rng(0)
+    emb, issame = rng.standard_normal((80, 8)), rng.integers(0, 2, 40).astype(bool)
+    assert len(LFWAcc(nrof_folds=5)(emb, issame)["fold_acc"]) == 5
+    with pytest.raises(ConfigError, match="pca=16: PCA-reduced verification is not implemented"):
+        LFWAcc(pca=16)
+
+
+@pytest.mark.parametrize("flip", [True, False])
 def test_evaluate_sets_on_bin(tmp_path, flip):
     images, issame = make_bin(tmp_path / "tiny.bin", pairs=30)
     model = PoolEmbed()

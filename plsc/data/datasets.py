@@ -123,12 +123,24 @@ class FaceIdentificationDataset(_FaceDataset):
 
 @DATASETS.register()
 class FaceVerificationDataset(_FaceDataset):
+    """PLSC's pairs folder. One made with PLSC's `lfw_style_bin_dataset_converter --flip_test` lists the N
+    pairs, then the same N pairs of mirrored images (`<stem>_hflip.<ext>`): that second half is not scored
+    as more pairs; `ds.mirror(i)` reads image i's stored mirror (evaluation fuses with it when
+    flip_test is on, as PLSC does) and `ds.mirrors` lists them (None for an ordinary folder)."""
+
     def __init__(self, image_root, cls_label_path, transform_ops=None, seed=0, delimiter="\t", set_name=None):
         super().__init__(transform_ops, seed)
         if not os.path.isdir(image_root):
             raise DataError(f"image_root not found: {image_root}")
         pairs, issame = read_pair_labels(cls_label_path, delimiter)
         self.name = set_name or os.path.basename(os.path.normpath(image_root))
+        self.mirrors = None
+        half = len(pairs) // 2
+        if len(pairs) % 2 == 0 and half and all(
+                tuple(map(_stem, pairs[half + p])) == tuple(_stem(x) + "_hflip" for x in pairs[p])
+                and issame[half + p] == issame[p] for p in range(half)):
+            self.mirrors = [os.path.join(image_root, x) for pair in pairs[half:] for x in pair]
+            pairs, issame = pairs[:half], issame[:half]
         self.images = [os.path.join(image_root, p) for pair in pairs for p in pair]
         self.issame = np.asarray(issame, bool)
 
@@ -138,6 +150,15 @@ class FaceVerificationDataset(_FaceDataset):
     def __getitem__(self, index):
         path = self.images[index]
         return self._item(_read_file(path), np.int64(self.issame[index // 2]), index, path)
+
+    def mirror(self, index):
+        """The stored mirrored image of image `index` (a --flip_test folder), transformed like the others."""
+        path = self.mirrors[index]
+        return self._item(_read_file(path), np.int64(self.issame[index // 2]), index, path)[0]
+
+
+def _stem(path):
+    return os.path.splitext(path)[0]
 
 
 @DATASETS.register()

@@ -65,6 +65,9 @@ def eval_sets(cfg):
 
 def device_of(cfg, log):
     want = cfg["Global"]["device"]
+    if want in ("xpu", "npu"):
+        log.warning(f"Global.device={want}: plsc runs on gpu or cpu; running on cpu")
+        want = "cpu"
     if want == "gpu" and not paddle.is_compiled_with_cuda():
         log.info("Global.device is gpu but this Paddle build has no CUDA: running on cpu")
         want = "cpu"
@@ -74,3 +77,22 @@ def device_of(cfg, log):
         paddle.set_device("cpu")
         tune_allocator()  # CPU runs only: GPU runs keep glibc's defaults
     return want
+
+
+PLSC_GPU_FLAGS = {"FLAGS_cudnn_exhaustive_search": 1, "FLAGS_cudnn_batchnorm_spatial_persistent": 1,
+                  "FLAGS_max_inplace_grad_add": 8}
+
+
+def apply_flags(flags, device, note):
+    """Global.flags, PLSC's meaning: merged over PLSC's GPU defaults and set with paddle.set_flags on GPU runs.
+    On CPU runs the defaults are not set and a user's cuDNN flag is skipped with a note."""
+    user = dict(flags or {})
+    merged = ({**PLSC_GPU_FLAGS, **user} if device == "gpu" else
+              {k: v for k, v in user.items() if "cudnn" not in k.lower()})
+    for k in sorted(set(user) - set(merged)):
+        note(f"Global.flags.{k} has no effect on a CPU run (a cuDNN flag)")
+    for k, v in merged.items():
+        try:
+            paddle.set_flags({k: v})
+        except (ValueError, TypeError, RuntimeError) as e:
+            raise ConfigError(f"Global.flags.{k}={v!r}: Paddle refused it ({str(e).strip().splitlines()[0]})") from None

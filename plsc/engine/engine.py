@@ -19,8 +19,9 @@ import paddle
 from plsc.amp import AmpPolicy, LossScaler
 from plsc.config import dump_config
 from plsc.engine import checkpoint as ckpt
-from plsc.engine.builders import build_backbone, build_train_loader, device_of
+from plsc.engine.builders import apply_flags, build_backbone, build_train_loader, device_of
 from plsc.engine.dp import average_running_stats, data_parallel, no_sync
+from plsc.engine.ema import build_ema
 from plsc.engine.evaluation import Evaluator
 from plsc.engine.logger import ScalarWriter, setup_logger
 from plsc.engine.watchdog import Watchdog
@@ -30,7 +31,7 @@ from plsc.errors import ConfigError, PlscError
 from plsc.nn import build_head
 from plsc.optim.grad_step import GradCheck
 from plsc.optim.lr import build_lr_schedule
-from plsc.optim.optimizers import build_optimizer, build_sparse_optimizer
+from plsc.optim.optimizers import build_optimizer, build_sparse_optimizer, optimizer_notes
 
 
 class Engine:
@@ -44,6 +45,8 @@ class Engine:
         self.watchdog = Watchdog(self.run_dir, self.rank, self.world_size,
                                  cfg["DistributedStrategy"]["collective_timeout"])
         self._log_config()
+        self._note(*getattr(cfg, "notes", ()))
+        apply_flags(g["flags"], self.device, self._note)
         paddle.seed(g["seed"])
         np.random.seed(g["seed"])
         self.backbone = build_backbone(cfg)
@@ -54,12 +57,20 @@ class Engine:
             self.log.warning(f"FP16.level={self.amp.level}: paddle.amp has no low-precision kernels on "
                              f"{self.device}; this run computes in fp32 (loss scaling and its checks still run)")
         self.evaluator = Evaluator(cfg, self.rank, self.world_size, self.log)
+        self.ema = build_ema(cfg, self.backbone)
         if mode == "train":
             self._build_training()
         if g["pretrained_model"] and not (mode == "train" and g["checkpoint"]):
             load_pretrained(self, g["pretrained_model"])
+            if self.ema is not None and mode == "train":
+                self.ema.reset()  # the average starts from the fine-tuning weights
         if mode == "train" and g["checkpoint"]:
             restore_training(self, g["checkpoint"])
+
+    def _note(self, *lines):
+        """Keys that are accepted but change nothing: one warning line each (rank 0)."""
+        for line in lines:
+            self.log.warning(line)
 
     def _build_training(self):
         cfg, g = self.cfg, self.cfg["Global"]
@@ -77,14 +88,17 @@ class Engine:
         self.head = build_head(cfg["Model"], cfg["Loss"]["Train"], g["seed"])
         self.steps_per_epoch = len(self.sampler)
         self.schedule = build_lr_schedule(cfg["LRScheduler"], self.steps_per_epoch, g["epochs"])
+        self._note(*self.schedule.notes, *optimizer_notes(cfg["Optimizer"]))
         self.opt, clip = build_optimizer(cfg["Optimizer"], self.backbone, self.schedule(0),
                                          multi_precision=self.amp.level == "O2")
         self.backbone, self.opt = self.amp.decorate(self.backbone, self.opt,
                                                     excluded_layers=self.backbone.fp32_layers())
         self.model = data_parallel(self.backbone, cfg["DistributedStrategy"]["data_parallel"], self.world_size)
-        self.fc_opt = build_sparse_optimizer(cfg["Optimizer"], self.head.weight)
+        self.fc_opt = build_sparse_optimizer(cfg["Optimizer"], self.head.weight,
+                                             every_row=not cfg["Model"]["pfc_config"]["sparse_update"])
         self.scaler = LossScaler.from_config(cfg["FP16"])
-        self.grad_check = GradCheck(self.scaler, clip, self.world_size)
+        self.grad_check = GradCheck(self.scaler, clip, self.world_size,
+                                    no_unscale=cfg["FP16"]["GradScaler"]["no_unscale_list"])
         self.global_batch = batch_size * self.world_size
         self.state = {"epoch": 0, "batch_in_epoch": 0, "global_step": 0, "best": {}, "skipped_steps": 0,
                       "consecutive_skips": 0}
@@ -162,6 +176,8 @@ class Engine:
             self.opt.set_lr(lr)
             self.opt.step()
             self.fc_opt.step(index, fc_grad, lr, rows=rows)
+            if self.ema is not None:
+                self.ema.update()
         self.scaler.update(not verdict.ok)
         self.opt.clear_grad()
         self.head.clear_sparse_grad()
@@ -224,10 +240,12 @@ class Engine:
     def _after_epoch(self):
         g, epoch = self.cfg["Global"], self.state["epoch"]  # epoch = number of finished epochs
         if g["save_unit"] == "epoch" and epoch % g["save_interval"] == 0:
-            self.save(f"epoch_{epoch}")
+            keep = g["max_num_latest_checkpoint"]  # PLSC: 0 -> no epoch_N at all, N > 0 -> the N newest, < 0 -> all
+            if keep != 0:
+                self.save(f"epoch_{epoch}")
             self.save("latest")
-            if self.rank == 0:
-                ckpt.prune(self.run_dir, g["max_num_latest_checkpoint"])
+            if self.rank == 0 and keep > 0:
+                ckpt.prune(self.run_dir, keep)
         if g["eval_during_train"] and g["eval_unit"] == "epoch" and epoch % g["eval_interval"] == 0:
             self._evaluate_and_track()
 
@@ -256,6 +274,13 @@ class Engine:
         improved = self.evaluator.track(results, st["best"], st["global_step"], self.writer)
         if improved:
             self.save("best_model")
+        e = self.cfg["EMA"]
+        if self.ema is not None and e["ema_eval"] and st["epoch"] >= e["eval_start_epoch"]:
+            with self.ema.applied(), self.watchdog("evaluation of the EMA weights"):
+                ema_results = self.evaluate()
+            best = st.setdefault("best_ema", {})
+            if self.evaluator.track(ema_results, best, st["global_step"], self.writer, tag="eval_ema", label="EMA "):
+                self.save("best_model_ema")
 
     def save(self, name):
         with self.watchdog(f"saving checkpoint {name}"):

@@ -14,11 +14,15 @@ class Evaluator:
         self.rank, self.world_size, self.log = rank, world_size, log
         self.batch_size = cfg["DataLoader"]["Eval"]["sampler"]["batch_size"]
         metrics = cfg["Metric"]["Eval"] or []
-        names = [next(iter(m)) for m in metrics]
-        if names and names != ["LFWAcc"]:
-            raise ConfigError(f"Metric.Eval: plsc evaluates verification with LFWAcc; got {names}")
-        self.flip_test = bool((metrics[0]["LFWAcc"] or {}).get("flip_test", True)) if metrics else True
-        self.enabled = bool(self.sets) and bool(metrics)
+        if len(metrics) > 1:
+            raise ConfigError(f"Metric.Eval: one verification metric, got {[next(iter(m)) for m in metrics]}")
+        from plsc.registry import METRICS
+
+        self.metric = None
+        if metrics:
+            (name, kwargs), = metrics[0].items()
+            self.metric = METRICS.build(name, **(kwargs or {}))
+        self.enabled = bool(self.sets) and self.metric is not None
 
     def run(self, embed_fn):
         from plsc.metrics.evaluator import evaluate_sets, format_table
@@ -28,23 +32,24 @@ class Evaluator:
         share = f" (rank 0's share of {self.world_size} ranks)" if self.world_size > 1 else ""
         progress_for = (lambda name, n: Progress(n, "images", f"eval set '{name}': embedded", log=self.log.info,
                                                  note=share)) if self.rank == 0 else None
-        results = evaluate_sets(embed_fn, self.sets, batch_size=self.batch_size, flip_test=self.flip_test,
-                                rank=self.rank, world_size=self.world_size, progress_for=progress_for)
+        results = evaluate_sets(embed_fn, self.sets, batch_size=self.batch_size, metric=self.metric,
+                                rank=self.rank, world_size=self.world_size, progress_for=progress_for,
+                                log=self.log.info)
         self.log.info("verification:\n" + format_table(results))
         return results
 
-    def track(self, results, best, step, writer):
+    def track(self, results, best, step, writer, tag="eval", label=""):
         """Update best-so-far accuracy per set; True when the mean accuracy over sets improved."""
         from plsc.metrics.evaluator import format_table
 
         for name, r in results.items():
-            writer.add(f"eval/{name}/acc", r["acc"], step)
-            writer.add(f"eval/{name}/xnorm", r["xnorm"], step)
+            writer.add(f"{tag}/{name}/acc", r["acc"], step)
+            writer.add(f"{tag}/{name}/xnorm", r["xnorm"], step)
             if r["acc"] > best.get(name, {}).get("acc", -1.0):
                 best[name] = {"acc": r["acc"], "step": step}
         mean_acc = sum(r["acc"] for r in results.values()) / len(results)
-        writer.add("eval/mean_acc", mean_acc, step)
-        self.log.info(f"eval at global_step {step}: mean acc {mean_acc:.4f}")
+        writer.add(f"{tag}/mean_acc", mean_acc, step)
+        self.log.info(f"{label}eval at global_step {step}: mean acc {mean_acc:.4f}")
         improved = mean_acc > best.get("__mean__", {}).get("acc", -1.0)
         if improved:
             best["__mean__"] = {"acc": mean_acc, "step": step}

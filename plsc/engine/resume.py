@@ -21,6 +21,8 @@ def save_training(engine, final_dir):
     ckpt.save_arrays(os.path.join(tmp, f"fc_rank{rank}.npz"), ckpt.fc_shard_arrays(engine.head, engine.fc_opt))
     if rank == 0:
         ckpt.save_arrays(os.path.join(tmp, "backbone.npz"), layer_arrays(engine.backbone))
+        if engine.ema is not None:
+            ckpt.save_arrays(os.path.join(tmp, "ema.npz"), engine.ema.arrays())
         arrays, rest = split_state(engine.opt.state_dict())
         ckpt.save_arrays(os.path.join(tmp, "optimizer.npz"), arrays)
         ckpt.save_json(os.path.join(tmp, "optimizer.json"), rest)
@@ -28,7 +30,7 @@ def save_training(engine, final_dir):
             "train_state": engine.state, "scaler": engine.scaler.state_dict(), "world_size": world_size,
             "micro_global_batch": engine.cfg["DataLoader"]["Train"]["sampler"]["batch_size"] * world_size,
             "class_num": engine.cfg["Model"]["class_num"], "model": engine.cfg["Model"]["name"],
-            "config": engine.cfg,
+            "config": engine.cfg, "ema_updates": None if engine.ema is None else engine.ema.updates,
         })
     barrier()
     if rank == 0:
@@ -51,6 +53,8 @@ def restore_training(engine, path):
     engine.opt.set_state_dict(opt_state)
     ckpt.load_fc_shards(engine.head, engine.fc_opt, ckpt.read_fc_shards(d, state["world_size"]))
     engine.scaler.set_state_dict(state["scaler"])
+    if engine.ema is not None:
+        _load_ema(engine, d, state, "resuming")
     engine.state.update(state["train_state"])
     engine.state.pop("last_saved_step", None)
     _convert_data_position(engine, state)
@@ -82,8 +86,28 @@ def _convert_data_position(engine, state):
                        f"schedule continues from global step {st['global_step']} with the new steps per epoch")
 
 
+def _load_ema(engine, d, state, what):
+    path = os.path.join(d, "ema.npz")
+    if not os.path.isfile(path):
+        engine.log.warning(f"EMA is enabled but {d} has no ema.npz (saved without an EMA section): {what} with the "
+                           f"average starting from its weights")
+        engine.ema.reset()
+        return False
+    engine.ema.load_arrays(ckpt.load_arrays(path), state.get("ema_updates") or 0, f"checkpoint {d}")
+    return True
+
+
+def _is_plsc_prefix(path):
+    return not os.path.isdir(path) and (str(path).endswith(".pdparams") or os.path.isfile(f"{path}.pdparams"))
+
+
 def load_pretrained(engine, path):
-    """Backbone weights (and the FC when class_num matches) for fine-tuning, eval or export."""
+    """Backbone weights (and the FC when class_num matches) for fine-tuning, eval or export.
+
+    path: a plsc checkpoint directory (plsc-train, plsc-import), or a PLSC file prefix
+    (`output/IResNet50/latest` -> latest.pdparams [+ latest_rank{r}.pdparams]) read through plsc.interop."""
+    if _is_plsc_prefix(path):
+        return _load_plsc_prefix(engine, path)
     d = ckpt.resolve(path)
     ckpt.verify(d)
     missing, unexpected = load_layer_arrays(engine.backbone, ckpt.load_arrays(os.path.join(d, "backbone.npz")),
@@ -91,9 +115,12 @@ def load_pretrained(engine, path):
     if missing or unexpected:
         engine.log.warning(f"pretrained model {d}: missing keys {missing}; unexpected keys {unexpected}")
     engine.log.info(f"loaded backbone weights from {d}")
-    if engine.mode != "train":
-        return
     state = ckpt.load_json(os.path.join(d, "state.json"))
+    if engine.mode != "train":
+        if engine.ema is not None and _load_ema(engine, d, state, "evaluating / exporting its raw weights"):
+            engine.ema.copy_to_backbone()
+            engine.log.info(f"EMA section: using the EMA weights of {d} ({engine.ema.updates} updates)")
+        return
     if state["class_num"] is None:  # plsc-import of a backbone-only file
         engine.log.info(f"pretrained model {d} has no classifier (an imported backbone): the FC starts fresh")
         return
@@ -103,3 +130,27 @@ def load_pretrained(engine, path):
         return
     ckpt.load_fc_shards(engine.head, engine.fc_opt, ckpt.read_fc_shards(d, state["world_size"]), weights_only=True)
     engine.log.info("loaded the FC weights too (same class_num)")
+
+
+def _load_plsc_prefix(engine, path):
+    """A PLSC checkpoint prefix, converted in memory as plsc-import would."""
+    import numpy as np
+
+    from plsc.interop import load_source
+
+    src = load_source(path, model=engine.cfg["Model"]["name"])
+    for line in src.notes:
+        engine.log.info(f"{path}: {line}")
+    missing, unexpected = load_layer_arrays(engine.backbone, src.backbone, f"PLSC weights {path}", strict=False)
+    if missing or unexpected:
+        engine.log.warning(f"PLSC weights {path}: missing keys {missing}; unexpected keys {unexpected}")
+    engine.log.info(f"loaded backbone weights from the PLSC file {src.path}")
+    if engine.mode != "train" or src.fc is None:
+        return
+    classes = engine.cfg["Model"]["class_num"]
+    if src.class_num != classes:
+        engine.log.info(f"the PLSC classifier has {src.class_num} classes, the config {classes}: the FC starts fresh")
+        return
+    full = {"weight": src.fc, "class_range": np.array([0, classes, classes], np.int64), "replicated": np.array(False)}
+    ckpt.load_fc_shards(engine.head, engine.fc_opt, [full], weights_only=True)
+    engine.log.info(f"loaded the PLSC classifier too ({classes} classes, from {len(src.files) - 1} shard file(s))")

@@ -15,7 +15,6 @@ import os
 from plsc.distributed import shard_range
 from plsc.errors import ConfigError, DataError
 from plsc.metrics.embedding import embed_images, on_all_ranks
-from plsc.metrics.verification import verify
 
 
 def build_eval_dataset(name, spec):
@@ -45,19 +44,33 @@ def build_eval_dataset(name, spec):
     return ds
 
 
-def evaluate_sets(embed_fn, sets, batch_size=64, flip_test=True, rank=0, world_size=1, progress_for=None):
+def evaluate_sets(embed_fn, sets, batch_size=64, flip_test=True, rank=0, world_size=1, progress_for=None,
+                  metric=None, log=None):
     """{set name: dataset spec or dataset} -> {set name: verification results} (same on every rank).
 
+    metric: a Metric.Eval object (LFWAcc) deciding flip_test and the folds; default LFWAcc(flip_test).
     progress_for(set name, images on this rank) -> a progress(done, total) callback, or None."""
+    from plsc.metrics.verification import LFWAcc
+
+    metric = metric or LFWAcc(flip_test=flip_test)
     results = {}
     for name, spec in sets.items():
         ds = on_all_ranks(lambda: build_eval_dataset(name, spec), rank, world_size, f"loading eval set '{name}'")
         start, end = shard_range(len(ds), rank, world_size)
+        stored = getattr(ds, "mirrors", None) is not None  # a PLSC folder holding the mirrored images itself
+        if stored and log:
+            log(f"eval set '{name}': a PLSC pairs folder made with --flip_test; "
+                + ("its stored mirror images are fused with the originals (as PLSC's flip_test does)" if
+                   metric.flip_test else "flip_test is false: its mirrored copies are not scored"))
         raw, flipped = embed_images(embed_fn, lambda i, ds=ds: ds[i][0], len(ds), batch_size=batch_size,
-                                    flip_test=flip_test, rank=rank, world_size=world_size,
+                                    flip_test=metric.flip_test and not stored, rank=rank, world_size=world_size,
                                     name=f"eval set '{name}'",
                                     progress=progress_for(name, end - start) if progress_for else None)
-        results[name] = verify(raw, ds.issame, flipped, name=f"eval set '{name}'")
+        if stored and metric.flip_test:
+            flipped, _ = embed_images(embed_fn, lambda i, ds=ds: ds.mirror(i), len(ds), batch_size=batch_size,
+                                      flip_test=False, rank=rank, world_size=world_size,
+                                      name=f"eval set '{name}' (stored mirrors)")
+        results[name] = metric(raw, ds.issame, flipped, name=f"eval set '{name}'")
     return results
 
 

@@ -17,7 +17,7 @@
 """
 import numpy as np
 
-from plsc.errors import DataError
+from plsc.errors import ConfigError, DataError
 from plsc.registry import METRICS
 
 ACC_THRESHOLDS = np.arange(0, 4, 0.01)
@@ -117,7 +117,7 @@ def verification_from_distances(dist, issame, num_folds=NUM_FOLDS, far_target=FA
     }
 
 
-def verify(embeddings, issame, flipped=None, name="embeddings"):
+def verify(embeddings, issame, flipped=None, name="embeddings", num_folds=NUM_FOLDS):
     """Full protocol on raw embeddings [2P, D] (+ raw embeddings of the flipped images) -> dict.
 
     A non-finite embedding raises DataError naming `name` and the image index (it is never averaged away).
@@ -139,7 +139,7 @@ def verify(embeddings, issame, flipped=None, name="embeddings"):
     raw64 = [np.asarray(r, np.float64) for r in raw]
     xnorm = float(np.mean(np.concatenate([np.linalg.norm(r, axis=1) for r in raw64])))
     fused = raw64[0] if flipped is None else raw64[0] + raw64[1]
-    out = verification_from_distances(pair_distances(fused), issame)
+    out = verification_from_distances(pair_distances(fused), issame, num_folds)
     out["xnorm"] = xnorm
     out["feat_norm"] = float(np.mean(np.linalg.norm(fused, axis=1)))
     return out
@@ -147,13 +147,21 @@ def verify(embeddings, issame, flipped=None, name="embeddings"):
 
 @METRICS.register()
 class LFWAcc:
-    """Metric.Eval: [- LFWAcc {flip_test: true}] -- 10-fold verification accuracy, XNorm, TAR@FAR=1e-3.
+    """Metric.Eval: [- LFWAcc {flip_test: true, nrof_folds: 10}] -- verification accuracy, XNorm, TAR@FAR=1e-3.
 
-    flip_test: also embed the horizontally flipped image and sum both raw embeddings before normalizing.
+    flip_test: fuse each image's embedding with its mirror's (summed raw, then normalized): the mirror is
+    embedded by plsc, or, for a PLSC pairs folder made with --flip_test (its second half the mirrored
+    copies of the first), read from the folder as PLSC does. nrof_folds: the k of k-fold. PLSC's pca
+    (PCA-reduced embeddings) is not implemented: only 0 is accepted.
     """
 
-    def __init__(self, flip_test=True):
-        self.flip_test = bool(flip_test)
+    def __init__(self, flip_test=True, nrof_folds=NUM_FOLDS, pca=0):
+        if not isinstance(nrof_folds, int) or isinstance(nrof_folds, bool) or nrof_folds < 2:
+            raise ConfigError(f"Metric.Eval.LFWAcc.nrof_folds must be an integer >= 2, got {nrof_folds!r}")
+        if pca != 0:
+            raise ConfigError(f"Metric.Eval.LFWAcc.pca={pca!r}: PCA-reduced verification is not implemented in plsc "
+                              f"(PLSC's default 0 is)")
+        self.flip_test, self.nrof_folds = bool(flip_test), nrof_folds
 
     def __call__(self, embeddings, issame, flipped=None, name="embeddings"):
-        return verify(embeddings, issame, flipped if self.flip_test else None, name=name)
+        return verify(embeddings, issame, flipped if self.flip_test else None, name=name, num_folds=self.nrof_folds)

@@ -21,7 +21,9 @@ def build_head(model_cfg, loss_cfg, seed=0):
     ratio, parallel = pfc["sample_ratio"], pfc["model_parallel"]
     if not (0.0 < ratio <= 1.0):
         raise ConfigError(f"Model.pfc_config.sample_ratio must be in (0, 1], got {ratio}")
-    if margin.model_parallel != parallel:
+    if margin.model_parallel is None:
+        margin.model_parallel = parallel
+    if bool(margin.model_parallel) != parallel:
         raise ConfigError(f"Loss.Train.0.{name}.model_parallel={margin.model_parallel} disagrees with "
                           f"Model.pfc_config.model_parallel={parallel}; set both the same")
     classes, w = model_cfg["class_num"], world_size()

@@ -69,17 +69,29 @@ def _sq(g):
 
 
 class GradCheck:
-    def __init__(self, scaler, clip=None, world_size=1):
+    """no_unscale: FP16.GradScaler.no_unscale_list, PLSC's: gradients whose name contains one of these
+    substrings are neither unscaled nor checked for inf / NaN."""
+
+    def __init__(self, scaler, clip=None, world_size=1, no_unscale=()):
         self.scaler, self.clip, self.world_size = scaler, clip, world_size
+        self.no_unscale = list(no_unscale or [])
 
     @paddle.no_grad()
     def __call__(self, dense, fc=None, loss=None, status=None):
         """dense: [(name, grad)] identical on every rank; fc: (name, grad, sharded) or None; loss: device
         scalar (its finiteness counts too); status: device scalar the caller wants summed over ranks."""
-        dense = [(n, g) for n, g in dense if g is not None]
+        skip = lambda n: any(s in n for s in self.no_unscale)  # noqa: E731
+        kept = [(n, g) for n, g in dense if g is not None and skip(n)]
+        dense = [(n, g) for n, g in dense if g is not None and not skip(n)]
+        if fc is not None and fc[1] is not None and skip(fc[0]):
+            kept, fc = kept + [fc[:2]], None
         clipped_rep, clipped_sh, other = [], [], []
         for name, g in dense:
             (other if self.clip is not None and self.clip.excluded(name) else clipped_rep).append(g)
+        for name, g in kept:  # still clipped (when not excluded), never unscaled
+            if self.clip is not None and not self.clip.excluded(name):
+                raise ConfigError(f"FP16.GradScaler.no_unscale_list matches '{name}', which Optimizer.grad_clip "
+                                  f"clips: a gradient that is never unscaled cannot be clipped; add it to no_clip_list")
         if fc is not None and fc[1] is not None:
             name, g, sharded = fc
             if self.clip is not None and self.clip.excluded(name):

@@ -19,38 +19,93 @@ _NORM_LAYERS = (paddle.nn.BatchNorm, paddle.nn.BatchNorm1D, paddle.nn.BatchNorm2
                 paddle.nn.LayerNorm, paddle.nn.GroupNorm)
 
 
-def _param_groups(model, weight_decay, no_weight_decay_for_bn_bias):
-    params = [p for p in model.parameters() if not p.stop_gradient]
-    if not no_weight_decay_for_bn_bias:
-        return params
-    no_decay_ids = set()
-    for layer in model.sublayers(include_self=True):
-        if isinstance(layer, _NORM_LAYERS):
-            no_decay_ids.update(id(p) for p in layer.parameters(include_sublayers=False))
-    no_decay_ids.update(id(p) for p in params if p.ndim == 1)  # biases, PReLU slopes
-    decay = [p for p in params if id(p) not in no_decay_ids]
-    no_decay = [p for p in params if id(p) in no_decay_ids]
+def _param_groups(model, weight_decay, no_weight_decay_for_bn_bias, no_weight_decay_name=()):
+    """Trainable parameters; with weight decay 0 for norm layers / 1-D parameters (no_weight_decay_for_bn_bias)
+    and for parameters whose structured name contains one of no_weight_decay_name (PLSC)."""
+    named = [(n, p) for n, p in model.named_parameters() if not p.stop_gradient]
+    if not isinstance(no_weight_decay_name, (list, tuple)) or not all(isinstance(x, str) for x in no_weight_decay_name):
+        raise ConfigError(f"Optimizer.no_weight_decay_name must be a list of name substrings, got "
+                          f"{no_weight_decay_name!r}")
+    no_decay_ids = {id(p) for n, p in named if any(s in n for s in no_weight_decay_name)}
+    if no_weight_decay_for_bn_bias:
+        for layer in model.sublayers(include_self=True):
+            if isinstance(layer, _NORM_LAYERS):
+                no_decay_ids.update(id(p) for p in layer.parameters(include_sublayers=False))
+        no_decay_ids.update(id(p) for _, p in named if p.ndim == 1)  # biases, PReLU slopes
+    if not no_decay_ids:
+        return [p for _, p in named]
+    decay = [p for _, p in named if id(p) not in no_decay_ids]
+    no_decay = [p for _, p in named if id(p) in no_decay_ids]
     return [{"params": decay}, {"params": no_decay, "weight_decay": 0.0}]
 
 
 @OPTIMIZERS.register()
-def Momentum(model, learning_rate, momentum=0.9, weight_decay=5e-4, use_nesterov=False,
-             no_weight_decay_for_bn_bias=False, multi_precision=False):
+def Momentum(model, learning_rate, momentum=0.9, weight_decay=0.0, use_nesterov=False,
+             no_weight_decay_for_bn_bias=False, no_weight_decay_name=(), use_master_param=True,
+             multi_precision=False):
+    """paddle.optimizer.Momentum with L2 weight decay (PLSC's defaults: weight_decay 0, master weights under O2).
+
+    use_master_param: under FP16 O2, keep fp32 master weights (false: update the fp16 weights directly)."""
     if not 0 <= momentum < 1:
         raise ConfigError(f"Optimizer.momentum must be in [0, 1), got {momentum}")
     return paddle.optimizer.Momentum(
         learning_rate=learning_rate, momentum=momentum, use_nesterov=use_nesterov,
-        parameters=_param_groups(model, weight_decay, no_weight_decay_for_bn_bias),
-        weight_decay=float(weight_decay), multi_precision=multi_precision)
+        parameters=_param_groups(model, weight_decay, no_weight_decay_for_bn_bias, no_weight_decay_name),
+        weight_decay=float(weight_decay), multi_precision=bool(multi_precision and use_master_param))
+
+
+def _adamw_hyper(settings):
+    """beta1 / beta2 / epsilon from plsc's names or PLSC's (betas: (b1, b2) or its string form, eps)."""
+    out = dict(settings)
+    betas = out.pop("betas", None)
+    if betas is not None:
+        betas = _parse_pair(betas)
+        for name, value in zip(("beta1", "beta2"), betas):
+            if out.get(name) is not None and out[name] != value:
+                raise ConfigError(f"Optimizer.betas={list(betas)} disagrees with Optimizer.{name}={out[name]}")
+            out[name] = value
+    eps = out.pop("eps", None)
+    if eps is not None:
+        if out.get("epsilon") is not None and out["epsilon"] != eps:
+            raise ConfigError(f"Optimizer.eps={eps} disagrees with Optimizer.epsilon={out['epsilon']}")
+        out["epsilon"] = eps
+    for name, default in (("beta1", 0.9), ("beta2", 0.999), ("epsilon", 1e-8)):
+        out[name] = float(default if out.get(name) is None else out[name])
+        if (name != "epsilon" and not 0 <= out[name] < 1) or out[name] < 0:
+            raise ConfigError(f"Optimizer.{name} must be in [0, 1){' (epsilon >= 0)' if name == 'epsilon' else ''}, "
+                              f"got {out[name]}")
+    return out
+
+
+def _parse_pair(value):
+    """(0.9, 0.999) from a list / tuple or PLSC's string "(0.9, 0.999)" (parsed as numbers, never evaluated)."""
+    if isinstance(value, str):
+        parts = value.strip().strip("()[]").split(",")
+        try:
+            value = [float(x) for x in parts]
+        except ValueError:
+            raise ConfigError(f"Optimizer.betas: {value!r} is not two numbers like (0.9, 0.999)") from None
+    if not isinstance(value, (list, tuple)) or len(value) != 2 or \
+            not all(isinstance(x, (int, float)) and not isinstance(x, bool) for x in value):
+        raise ConfigError(f"Optimizer.betas: expected two numbers like (0.9, 0.999), got {value!r}")
+    return [float(x) for x in value]
 
 
 @OPTIMIZERS.register()
-def AdamW(model, learning_rate, beta1=0.9, beta2=0.999, epsilon=1e-8, weight_decay=0.05,
-          no_weight_decay_for_bn_bias=True, multi_precision=False):
-    params = _param_groups(model, weight_decay, no_weight_decay_for_bn_bias)
+def AdamW(model, learning_rate, beta1=None, beta2=None, epsilon=None, weight_decay=0.0, betas=None, eps=None,
+          no_weight_decay_for_bn_bias=False, no_weight_decay_name=(), use_master_param=False,
+          exp_avg_force_fp32=False, multi_precision=False):
+    """paddle.optimizer.AdamW (decoupled decay), PLSC's keys and defaults: betas (0.9, 0.999), eps 1e-8, weight
+    decay 0 on every parameter unless no_weight_decay_name / no_weight_decay_for_bn_bias exclude it, fp32 master
+    weights under O2 only with use_master_param."""
+    h = _adamw_hyper({"beta1": beta1, "beta2": beta2, "epsilon": epsilon, "betas": betas, "eps": eps})
+    params = _param_groups(model, weight_decay, no_weight_decay_for_bn_bias, no_weight_decay_name)
     return paddle.optimizer.AdamW(
-        learning_rate=learning_rate, beta1=beta1, beta2=beta2, epsilon=epsilon, parameters=params,
-        weight_decay=float(weight_decay), multi_precision=multi_precision)
+        learning_rate=learning_rate, beta1=h["beta1"], beta2=h["beta2"], epsilon=h["epsilon"], parameters=params,
+        weight_decay=float(weight_decay), multi_precision=bool(multi_precision and use_master_param))
+
+
+AdamW.resolve = _adamw_hyper
 
 
 def build_optimizer(cfg, model, learning_rate, multi_precision=False):
@@ -69,11 +124,23 @@ def optimizer_settings(cfg):
     settings = {k: p.default for k, p in inspect.signature(builder).parameters.items()
                 if p.default is not inspect.Parameter.empty}
     settings.update({k: v for k, v in cfg.items() if k not in ("name", "grad_clip")})
-    return settings
+    resolve = getattr(builder, "resolve", None)
+    return resolve(settings) if resolve else settings
 
 
-def build_sparse_optimizer(cfg, param):
-    """The FC weight's optimizer: the twin of Optimizer.name, with the same hyper-parameters."""
+def optimizer_notes(cfg):
+    """Optimizer keys accepted for PLSC that change nothing here (the engine logs each)."""
+    notes = []
+    if cfg.get("exp_avg_force_fp32"):
+        notes.append("Optimizer.exp_avg_force_fp32 has no separate effect: AdamW's moments are fp32 whenever the "
+                     "weights are (always on CPU; under FP16 O2 with use_master_param)")
+    return notes
+
+
+def build_sparse_optimizer(cfg, param, every_row=False):
+    """The FC weight's optimizer: the twin of Optimizer.name, with the same hyper-parameters.
+
+    every_row: Model.pfc_config.sparse_update false (PLSC's dense update of every row)."""
     name = cfg["name"]
     if name not in SPARSE_OPTIMIZERS:
         raise ConfigError(f"Optimizer.name={name}: there is no sparse version of it for the PartialFC weight "
@@ -81,4 +148,8 @@ def build_sparse_optimizer(cfg, param):
     cls = SPARSE_OPTIMIZERS.get(name)
     accepted = [k for k in inspect.signature(cls).parameters if k != "param"]
     settings = optimizer_settings(cfg)
-    return cls(param, **{k: settings[k] for k in accepted if k in settings})
+    if any(s in name for s in settings.get("no_weight_decay_name") or () for name in ("head.weight", param.name)):
+        settings["weight_decay"] = 0.0  # PLSC names the classifier head.weight
+    kwargs = {k: settings[k] for k in accepted if k in settings}
+    kwargs["every_row"] = bool(every_row)
+    return cls(param, **kwargs)

@@ -17,6 +17,10 @@ their weight and optimizer state bit for bit: a row's momentum changes only when
 sampled (arcface_torch's v2 instead decays every row's momentum each step). The weight and the
 slots are the only [rows, D] tensors: 8 bytes x D per class with Momentum, 12 with AdamW.
 
+every_row (Model.pfc_config.sparse_update false, PLSC's dense update): the rule is applied to every
+row each step, with a zero gradient outside R (momentum decays, weight decay shrinks every row):
+one pass over the shard per step, still without a dense gradient tensor.
+
 An optimizer only updates: `state_dict()` hands its slots to the checkpoint module
 (plsc.engine.checkpoint), which owns the shard files.
 """
@@ -33,10 +37,10 @@ _CHUNK = 1 << 12  # rows updated at a time: the chunk's rows, slots and gradient
 class SparseRowOptimizer:
     slot_names = ()
 
-    def __init__(self, param, weight_decay=0.0):
+    def __init__(self, param, weight_decay=0.0, every_row=False):
         if not weight_decay >= 0:
             raise ConfigError(f"Optimizer.weight_decay must be >= 0, got {weight_decay}")
-        self.param, self.weight_decay = param, float(weight_decay)
+        self.param, self.weight_decay, self.every_row = param, float(weight_decay), bool(every_row)
         self.slots = {name: paddle.zeros_like(param) for name in self.slot_names}
         self.num_steps = 0
 
@@ -48,10 +52,18 @@ class SparseRowOptimizer:
         written back, so the rows are not gathered a second time."""
         self.num_steps += 1
         w, total = self.param, grad.shape[0]
+        before = None
+        if index is not None and self.every_row:  # PLSC's dense update: R's rows as they are now, then every row
+            before = (rows if rows is not None else take_rows(w, index),
+                      {n: take_rows(t, index) for n, t in self.slots.items()})
+            self._update_every_row_without_gradient(lr)
         for a in range(0, total, _CHUNK):  # cache-sized chunks: the passes of the update stay in cache
             b = min(total, a + _CHUNK)
             if index is None:
                 w_rows, slot_rows = w[a:b], {n: t[a:b] for n, t in self.slots.items()}
+            elif before is not None:
+                idx = index[a:b]
+                w_rows, slot_rows = before[0][a:b], {n: t[a:b] for n, t in before[1].items()}
             else:
                 idx = index[a:b]
                 w_rows = rows[a:b] if rows is not None else take_rows(w, idx)
@@ -65,6 +77,16 @@ class SparseRowOptimizer:
                 for n, t in self.slots.items():
                     put_rows(t, idx, new_slots[n])
                 put_rows(w, idx, new_w)
+
+    def _update_every_row_without_gradient(self, lr):
+        w = self.param
+        for a in range(0, w.shape[0], _CHUNK):
+            b = min(w.shape[0], a + _CHUNK)
+            w_rows, slot_rows = w[a:b], {n: t[a:b] for n, t in self.slots.items()}
+            new_w, new_slots = self._update(w_rows, slot_rows, paddle.zeros_like(w_rows), lr)
+            _write_back(w, a, w_rows, new_w)
+            for n, t in self.slots.items():
+                _write_back(t, a, slot_rows[n], new_slots[n])
 
     def _update(self, w_rows, slot_rows, g, lr):
         """-> (new weight rows, {slot: new rows}); may update the given tensors in place and return them."""
@@ -91,8 +113,8 @@ class SparseMomentum(SparseRowOptimizer):
 
     slot_names = ("momentum",)
 
-    def __init__(self, param, momentum=0.9, weight_decay=0.0, use_nesterov=False):
-        super().__init__(param, weight_decay)
+    def __init__(self, param, momentum=0.9, weight_decay=0.0, use_nesterov=False, every_row=False):
+        super().__init__(param, weight_decay, every_row)
         self.momentum, self.use_nesterov = float(momentum), bool(use_nesterov)
 
     def _update(self, w_rows, slot_rows, g, lr):
@@ -127,8 +149,8 @@ class SparseAdamW(SparseRowOptimizer):
 
     slot_names = ("moment1", "moment2")
 
-    def __init__(self, param, beta1=0.9, beta2=0.999, epsilon=1e-8, weight_decay=0.0):
-        super().__init__(param, weight_decay)
+    def __init__(self, param, beta1=0.9, beta2=0.999, epsilon=1e-8, weight_decay=0.0, every_row=False):
+        super().__init__(param, weight_decay, every_row)
         self.beta1, self.beta2, self.epsilon = float(beta1), float(beta2), float(epsilon)
 
     def _update(self, w_rows, slot_rows, g, lr):
