@@ -10,17 +10,24 @@ from plsc.models.iresnet import IBasicBlock
 from plsc.registry import MODELS
 
 IRESNET_LAYERS = {"IResNet18": [2, 2, 2, 2], "IResNet34": [3, 4, 6, 3], "IResNet50": [3, 4, 14, 3],
-                  "IResNet100": [3, 13, 30, 3], "IResNet200": [6, 26, 60, 6]}
+                  "IResNet100": [3, 13, 30, 3], "IResNet200": [6, 26, 60, 6], "IResNet2060": [3, 128, 896, 3]}
 MBF = {"MobileFaceNet_base": ([1, 4, 6, 2], 2), "MobileFaceNet_large": ([2, 8, 12, 4], 4)}
-VIT = {"FaceViT_tiny_patch9_112": (256, 12), "FaceViT_small_patch9_112": (512, 12),
-       "FaceViT_base_patch9_112": (512, 24), "FaceViT_large_patch9_112": (768, 24)}
-ALL = sorted(list(IRESNET_LAYERS) + list(MBF) + list(VIT))
+# (embed_dim, depth, has a mask token: mask_ratio > 0 by default)
+VIT = {"FaceViT_tiny_patch9_112": (256, 12, True), "FaceViT_small_patch9_112": (512, 12, True),
+       "FaceViT_base_patch9_112": (512, 24, True), "FaceViT_large_patch9_112": (768, 24, True),
+       "FaceViT_huge_patch9_112": (1024, 48, False)}
+IR = {"IR_18": ([2, 2, 2, 2], False), "IR_34": ([3, 4, 6, 3], False), "IR_50": ([3, 4, 14, 3], False),
+      "IR_101": ([3, 13, 30, 3], False), "IR_SE_50": ([3, 4, 14, 3], True)}  # (layers, squeeze-excitation)
+ALL = sorted(list(IRESNET_LAYERS) + list(MBF) + list(VIT) + list(IR))
 
 # reduced sizes for the slow checks: one per family
 SMALL = {
     "IResNet18": {"layers": [2, 1, 1, 1], "widths": [8, 16, 16, 32]},
     "MobileFaceNet_large": {"blocks": [2, 1, 1, 1], "scale": 1},
     "FaceViT_tiny_patch9_112": {"embed_dim": 32, "depth": 2, "num_heads": 4},
+    # AdaFace IR: one entry per 5-character name prefix (how test_reduced_forward_every_name finds a family)
+    **{name: {"layers": [1, 1, 1, 1], "widths": [16, 16, 32, 32]} for name in ("IR_18", "IR_34", "IR_50", "IR_101",
+                                                                                "IR_SE_50")},
 }
 
 
@@ -30,7 +37,8 @@ def images(n=2, seed=0):
 
 
 # ---------------------------------------------------------------- hand-derived parameter counts
-def iresnet_params(layers, widths=(64, 128, 256, 512), nf=512):
+def iresnet_params(layers, widths=(64, 128, 256, 512), nf=512, adaface=False, se=False):
+    """insightface IResNet; adaface: AdaFace's IR (no conv shortcut where the width stays), se: IR-SE."""
     w0 = widths[0]
     total = 27 * w0 + 2 * w0 + w0  # conv3x3 stem, BN, PReLU
     cin = w0
@@ -38,10 +46,12 @@ def iresnet_params(layers, widths=(64, 128, 256, 512), nf=512):
         for i in range(n):
             i_ch = cin if i == 0 else w
             total += 2 * i_ch + 9 * i_ch * w + 2 * w + w + 9 * w * w + 2 * w  # BN conv BN PReLU conv BN
-            if i == 0:
+            if se:
+                total += 2 * w * (w // 16)  # conv1x1 C -> C/16 -> C, no bias
+            if i == 0 and not (adaface and i_ch == w):
                 total += i_ch * w + 2 * w  # conv1x1 stride 2 + BN shortcut
         cin = w
-    return total + 2 * cin + (cin * 49 * nf + nf) + 2 * nf  # BN2d, fc, feature BN1d
+    return total + 2 * cin + (cin * 49 * nf + nf) + 2 * nf  # BN2d, fc, feature BN1d (scale + shift)
 
 
 def _cb(cin, cout, k, groups=1, act=True):
@@ -75,7 +85,10 @@ def expected_params(name):
         return iresnet_params(IRESNET_LAYERS[name])
     if name in MBF:
         return mbf_params(*MBF[name])
-    return vit_params(*VIT[name])
+    if name in IR:
+        return iresnet_params(IR[name][0], adaface=True, se=IR[name][1])
+    d, depth, mask = VIT[name]
+    return vit_params(d, depth, mask=mask)
 
 
 def test_every_name_is_registered():

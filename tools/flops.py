@@ -26,14 +26,15 @@ PUBLISHED_MACS = {"IResNet18": 2.61, "IResNet34": 4.46, "IResNet50": 6.31, "IRes
 
 
 def _display_order(name):
-    """IResNet by depth, then MobileFaceNet base/large, then FaceViT tiny..large, then anything else."""
+    """IResNet by depth, then MobileFaceNet base/large, FaceViT tiny..huge, AdaFace IR, then anything else."""
     if name.startswith("IResNet") and name[7:].isdigit():
         return 0, int(name[7:]), name
     for family, sizes in ((1, ["MobileFaceNet_base", "MobileFaceNet_large"]),
-                          (2, [f"FaceViT_{s}_patch9_112" for s in ("tiny", "small", "base", "large")])):
+                          (2, [f"FaceViT_{s}_patch9_112" for s in ("tiny", "small", "base", "large", "huge")]),
+                          (3, ["IR_18", "IR_34", "IR_50", "IR_101", "IR_SE_50"])):
         if name in sizes:
             return family, sizes.index(name), name
-    return 3, 0, name
+    return 4, 0, name
 
 
 def _latency(model):

@@ -14,7 +14,8 @@ Parameter names follow insightface / PLSC (patch_embed.proj, blocks.i.attn.qkv, 
 norm, feature.0-3, pos_embed, mask_token), so PLSC FaceViT state dicts load by name.
 
 Sizes (embed_dim, depth, heads): tiny (256, 12, 8), small (512, 12, 8), base (512, 24, 8),
-large (768, 24, 8), mlp_ratio 4. Defaults as insightface: mask_ratio 0.1, drop_path_rate 0.1.
+large (768, 24, 8), huge (1024, 48, 8; insightface `vit_h`), mlp_ratio 4. Defaults as insightface:
+mask_ratio 0.1, drop_path_rate 0.1 (huge: mask_ratio 0).
 arch_kwargs {embed_dim, depth, num_heads, mlp_ratio} give reduced models for tests.
 """
 import paddle
@@ -28,6 +29,10 @@ PATCH = 9
 GRID = 112 // PATCH  # 12
 NUM_PATCHES = GRID * GRID  # 144
 VIT_DEFAULTS = {"mask_ratio": 0.1, "drop_path_rate": 0.1}
+# name -> (embed_dim, depth, mask_ratio default)
+SIZES = {"FaceViT_tiny_patch9_112": (256, 12, 0.1), "FaceViT_small_patch9_112": (512, 12, 0.1),
+         "FaceViT_base_patch9_112": (512, 24, 0.1), "FaceViT_large_patch9_112": (768, 24, 0.1),
+         "FaceViT_huge_patch9_112": (1024, 48, 0.0)}
 
 
 class Attention(nn.Layer):
@@ -147,9 +152,10 @@ class FaceViT(Backbone):
         return self.run_neck(lambda t: self._neck(t, restore), x)
 
 
-def _build(name, embed_dim, depth, kwargs):
+def _build(name, kwargs):
+    embed_dim, depth, mask_ratio = SIZES[name]
     arch_defaults = {"embed_dim": embed_dim, "depth": depth, "num_heads": 8, "mlp_ratio": 4.0}
-    opts = parse_options(name, kwargs, arch_defaults, VIT_DEFAULTS)
+    opts = parse_options(name, kwargs, arch_defaults, dict(VIT_DEFAULTS, mask_ratio=mask_ratio))
     arch = opts["arch"]
     dim, heads = check_int(name, "embed_dim", arch["embed_dim"]), check_int(name, "num_heads", arch["num_heads"])
     if dim % heads:
@@ -165,19 +171,24 @@ def _build(name, embed_dim, depth, kwargs):
 
 @MODELS.register()
 def FaceViT_tiny_patch9_112(**kwargs):
-    return _build("FaceViT_tiny_patch9_112", 256, 12, kwargs)
+    return _build("FaceViT_tiny_patch9_112", kwargs)
 
 
 @MODELS.register()
 def FaceViT_small_patch9_112(**kwargs):
-    return _build("FaceViT_small_patch9_112", 512, 12, kwargs)
+    return _build("FaceViT_small_patch9_112", kwargs)
 
 
 @MODELS.register()
 def FaceViT_base_patch9_112(**kwargs):
-    return _build("FaceViT_base_patch9_112", 512, 24, kwargs)
+    return _build("FaceViT_base_patch9_112", kwargs)
 
 
 @MODELS.register()
 def FaceViT_large_patch9_112(**kwargs):
-    return _build("FaceViT_large_patch9_112", 768, 24, kwargs)
+    return _build("FaceViT_large_patch9_112", kwargs)
+
+
+@MODELS.register()
+def FaceViT_huge_patch9_112(**kwargs):
+    return _build("FaceViT_huge_patch9_112", kwargs)

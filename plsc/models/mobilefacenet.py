@@ -8,11 +8,12 @@ a GDC (global depthwise conv) neck.
             DW s2 (128s -> 128s, inner 512) + blocks[3] x DW(128s, inner 256)   7x7
     sep     ConvBlock 1x1 (128s -> 512)
     neck    GDC: depthwise 7x7 conv + BN (linear) - [dropout] - Linear(512 -> num_features, no bias) - BN1d
+    (every 64 above is the base `width`; 128, 256, 512 are 2, 4, 8 x width)
 
 ConvBlock = conv - BN - PReLU; LinearBlock = conv - BN; DW(in, out, inner) = ConvBlock 1x1 (in -> inner)
 - depthwise ConvBlock 3x3 (inner) - LinearBlock 1x1 (inner -> out), residual when stride 1.
-base: blocks (1, 4, 6, 2), scale s=2; large: blocks (2, 8, 12, 4), s=4.
-arch_kwargs {blocks, scale} give reduced models for tests.
+base: blocks (1, 4, 6, 2), scale s=2; large: blocks (2, 8, 12, 4), s=4; width 64 for both.
+arch_kwargs {blocks, scale, width} give reduced models for tests (width: a thinner net, e.g. 16).
 """
 import math
 
@@ -23,7 +24,8 @@ from plsc.models.common import Backbone, check_int, int_list, parse_options
 from plsc.registry import MODELS
 
 BN_EPS = 1e-5
-NECK_CHANNELS = 512
+WIDTH = 64
+ARCHS = {"MobileFaceNet_base": ([1, 4, 6, 2], 2), "MobileFaceNet_large": ([2, 8, 12, 4], 4)}
 
 
 class ConvBlock(nn.Sequential):
@@ -51,11 +53,11 @@ class DepthWise(nn.Layer):
 
 
 class GDC(nn.Layer):
-    def __init__(self, num_features, dropout, fmt):
+    def __init__(self, channels, num_features, dropout, fmt):
         super().__init__()
-        self.conv = ConvBlock(NECK_CHANNELS, NECK_CHANNELS, 7, 1, NECK_CHANNELS, fmt, act=False)
+        self.conv = ConvBlock(channels, channels, 7, 1, channels, fmt, act=False)
         self.dropout = nn.Dropout(p=dropout)
-        self.linear = nn.Linear(NECK_CHANNELS, num_features, bias_attr=False)
+        self.linear = nn.Linear(channels, num_features, bias_attr=False)
         self.bn = nn.BatchNorm1D(num_features, epsilon=BN_EPS)
 
     def forward(self, x):
@@ -64,25 +66,26 @@ class GDC(nn.Layer):
 
 
 class MobileFaceNet(Backbone):
-    def __init__(self, name, blocks=(1, 4, 6, 2), scale=2, num_features=512, dropout=0.0, data_format="NCHW",
-                 recompute=False):
+    def __init__(self, name, blocks=(1, 4, 6, 2), scale=2, width=WIDTH, num_features=512, dropout=0.0,
+                 data_format="NCHW", recompute=False):
         super().__init__(name, data_format, recompute)
-        fmt, c1, c2 = data_format, 64 * scale, 128 * scale
+        w = width
+        fmt, c1, c2 = data_format, w * scale, 2 * w * scale
         self.stem = ConvBlock(3, c1, 3, 2, 1, fmt)
         units = []
         if blocks[0] == 1:
-            units.append(ConvBlock(c1, c1, 3, 1, 64, fmt))
+            units.append(ConvBlock(c1, c1, 3, 1, w, fmt))
         else:
-            units += [DepthWise(c1, c1, 128, 1, True, fmt) for _ in range(blocks[0])]
-        units.append(DepthWise(c1, c1, 128, 2, False, fmt))
-        units += [DepthWise(c1, c1, 128, 1, True, fmt) for _ in range(blocks[1])]
-        units.append(DepthWise(c1, c2, 256, 2, False, fmt))
-        units += [DepthWise(c2, c2, 256, 1, True, fmt) for _ in range(blocks[2])]
-        units.append(DepthWise(c2, c2, 512, 2, False, fmt))
-        units += [DepthWise(c2, c2, 256, 1, True, fmt) for _ in range(blocks[3])]
+            units += [DepthWise(c1, c1, 2 * w, 1, True, fmt) for _ in range(blocks[0])]
+        units.append(DepthWise(c1, c1, 2 * w, 2, False, fmt))
+        units += [DepthWise(c1, c1, 2 * w, 1, True, fmt) for _ in range(blocks[1])]
+        units.append(DepthWise(c1, c2, 4 * w, 2, False, fmt))
+        units += [DepthWise(c2, c2, 4 * w, 1, True, fmt) for _ in range(blocks[2])]
+        units.append(DepthWise(c2, c2, 8 * w, 2, False, fmt))
+        units += [DepthWise(c2, c2, 4 * w, 1, True, fmt) for _ in range(blocks[3])]
         self.blocks = nn.LayerList(units)
-        self.conv_sep = ConvBlock(c2, NECK_CHANNELS, 1, 1, 1, fmt)
-        self.features = GDC(num_features, dropout, fmt)
+        self.conv_sep = ConvBlock(c2, 8 * w, 1, 1, 1, fmt)
+        self.features = GDC(8 * w, num_features, dropout, fmt)
         self._init_weights()
 
     def _init_weights(self):
@@ -108,19 +111,20 @@ class MobileFaceNet(Backbone):
         return self.run_neck(self.features, self.conv_sep(x))
 
 
-def _build(name, blocks, scale, kwargs):
-    opts = parse_options(name, kwargs, {"blocks": blocks, "scale": scale})
+def _build(name, kwargs):
+    blocks, scale = ARCHS[name]
+    opts = parse_options(name, kwargs, {"blocks": blocks, "scale": scale, "width": WIDTH})
     arch = opts["arch"]
     return MobileFaceNet(name, int_list(name, "blocks", arch["blocks"], 4), check_int(name, "scale", arch["scale"]),
-                         num_features=opts["num_features"], dropout=opts["dropout"],
-                         data_format=opts["data_format"], recompute=opts["recompute"])
+                         check_int(name, "width", arch["width"]), num_features=opts["num_features"],
+                         dropout=opts["dropout"], data_format=opts["data_format"], recompute=opts["recompute"])
 
 
 @MODELS.register()
 def MobileFaceNet_base(**kwargs):
-    return _build("MobileFaceNet_base", [1, 4, 6, 2], 2, kwargs)
+    return _build("MobileFaceNet_base", kwargs)
 
 
 @MODELS.register()
 def MobileFaceNet_large(**kwargs):
-    return _build("MobileFaceNet_large", [2, 8, 12, 4], 4, kwargs)
+    return _build("MobileFaceNet_large", kwargs)
