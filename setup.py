@@ -39,6 +39,7 @@ setup(
             "plsc-inspect-rec=plsc.tools.inspect_rec:main",
             "plsc-bin-convert=plsc.tools.bin_convert:main",
             "plsc-fc-shards=plsc.tools.fc_shards:main",
+            "plsc-import=plsc.tools.import_ckpt:main",
         ]
     },
 )

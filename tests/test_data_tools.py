@@ -102,7 +102,8 @@ def test_bin_to_pairs_to_bin_round_trip(tmp_path, capsys):
     np.testing.assert_array_equal(flipped, cv2.flip(image(4), 1))
     ds = DATASETS.build("FaceVerificationDataset", image_root=str(tmp_path / "pairs"),
                         cls_label_path=str(tmp_path / "pairs/label.txt"), seed=0)
-    assert len(ds) == 12 and list(ds.issame) == issame * 2
+    assert len(ds) == 6 and list(ds.issame) == issame, "PLSC's --flip_test layout: the mirrors are not more pairs"
+    assert len(ds.mirrors) == 6 and ds.mirrors[4].endswith("00000002_0_hflip.png")
     assert bin_convert.main(["to-bin", str(tmp_path / "pairs"), str(tmp_path / "back.bin"), "--drop-hflip"]) == 0
     back, same = load_bin(str(tmp_path / "back.bin"))
     assert back == imgs and list(same) == issame

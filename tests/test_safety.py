@@ -108,6 +108,63 @@ def test_allowed_globals_cannot_be_turned_into_calls(tmp_path):
     assert images == [png(0), png(1)] and issame.tolist() == [True]
 
 
+def list_dag(depth):
+    """Opcodes of a list shared through the memo: L_i = [L_(i-1), L_(i-1)] (2**depth leaves in ~6 bytes a level)."""
+    b = b"]q\x00(K\x00K\x00e"
+    for i in range(1, depth + 1):
+        b += b"0]q" + bytes([i]) + b"(h" + bytes([i - 1]) + b"h" + bytes([i - 1]) + b"e"
+    return b
+
+
+def tuple_dag(depth):
+    """Opcodes of a tuple shared through the memo (hashing it visits 2**depth tuples)."""
+    b = b"K\x00K\x00\x86q\x00"
+    for i in range(1, depth + 1):
+        b += b"0h" + bytes([i - 1]) + b"h" + bytes([i - 1]) + b"\x86q" + bytes([i])
+    return b
+
+
+def test_shared_values_and_rewritten_names_in_a_bin_are_refused_at_once(tmp_path):
+    """A few hundred bytes that would hang a reader that prints, hashes or converts what it read (a numpy shape or
+    a dict key shared through the memo: 2**40 items), or BUILD state rewriting an allowed name: one DataError,
+    naming the file, within a time and traced-memory bound."""
+    from test_fuzz import bounded
+
+    cases = {
+        "shape": (b"\x80\x02cnumpy.core.multiarray\n_reconstruct\ncnumpy\nndarray\n" + list_dag(40) + b"U\x01b\x87R.",
+                  "is not how numpy pickles an array"),
+        "key": (b"\x80\x02}" + tuple_dag(60) + b"K\x01s.", "a dict key / set item that is not a string"),
+        "flags": (b"\x80\x02]" + list_dag(40) + b"\x86.", "issame must be a flat list"),
+        "build": (b"\x80\x02cnumpy\nndarray\n}X\x01\x00\x00\x00xK\x01sb.", "pickled state (BUILD) applied to numpy"),
+        "dtype": (b"\x80\x02cnumpy\ndtype\nX\x02\x00\x00\x00f4\x89\x88\x87R(K\x03X\x01\x00\x00\x00<NNNJ\xff\xff\xff"
+                  b"\xffJ\xff\xff\xff\xffK?tb.", "is not that of a plain <f4 dtype"),
+    }
+    for name, (data, refusal) in cases.items():
+        path = tmp_path / f"{name}.bin"
+        path.write_bytes(data)
+        with bounded(seconds=10), pytest.raises(DataError) as e:
+            load_bin(str(path))
+        msg = str(e.value)
+        assert str(path) in msg and refusal in msg and len(msg) < 600, (name, msg)
+    # 400 uint8 image arrays sharing one pickled 1 MiB bytes object: the bytes are charged per array, so a 1 MiB
+    # file cannot become 400 MiB of images
+    blob = b"B" + (1 << 20).to_bytes(4, "little") + bytes(1 << 20) + b"q\x000"  # BINBYTES, memo 0, POP
+    array = b"cnumpy.core.multiarray\n_reconstruct\ncnumpy\nndarray\nK\x00\x85C\x01b\x87R(K\x01J\x00\x00\x10\x00" \
+            b"\x85cnumpy\ndtype\nX\x02\x00\x00\x00u1\x89\x88\x87R(K\x03X\x01\x00\x00\x00|NNNJ\xff\xff\xff\xffJ" \
+            b"\xff\xff\xff\xffK\x00tb\x89h\x00tb"  # numpy's pickle of a uint8 [1 MiB] array whose bytes are memo 0
+    data = b"\x80\x02" + blob + b"(" + array * 400 + b"l](" + b"\x88" * 200 + b"e\x86."
+    path = tmp_path / "amp.bin"
+    path.write_bytes(data)
+    assert len(data) < 2 << 20
+    with bounded(160 << 20, seconds=10), pytest.raises(DataError, match=r"amp.bin: .*its arrays would take more than"):
+        load_bin(str(path))
+    # one image's bytes listed 200000 times (2 bytes each through the memo): each would be decoded again
+    path.write_bytes(b"\x80\x02(" + b"B" + (10000).to_bytes(4, "little") + bytes(10000) + b"q\x00" +
+                     b"h\x00" * 199999 + b"l](" + b"\x88" * 100000 + b"e\x86.")
+    with pytest.raises(DataError, match=r"amp.bin: its 200000 images hold 2000000000 bytes in all, more than"):
+        load_bin(str(path))
+
+
 def test_checkpoint_object_array_is_refused_without_unpickling(tmp_path):
     """A checkpoint .npz whose array holds pickled objects: refused through load_arrays, also when the
     attacker rewrote the manifest to match (verification passes, loading still refuses)."""

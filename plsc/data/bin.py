@@ -2,173 +2,21 @@
 
 `encoded_images` holds 2 x pairs JPEG/PNG byte strings (bytes; str in files written by
 Python 2, read back as bytes), `issame_list` holds one bool per pair (a list or a numpy array).
-The file is untrusted: it is read with a restricted unpickler that builds only those types and
-refuses every other global, so a crafted file cannot run code.
+The file is untrusted: it is read with plsc's restricted unpickler (plsc.interop.safe_pickle), which
+builds only those types and refuses every other global, so a crafted file cannot run code; the bytes
+its numpy arrays hold are charged to a budget of the file's size (8 x + 64 MiB).
 """
-import io
 import os
 import pickle
-import pickletools
 
 import numpy as np
 
 from plsc.errors import DataError
+from plsc.interop.numpy_pickle import PLAIN_DTYPES, numpy_globals
+from plsc.interop.safe_pickle import BYTES_GLOBALS, Budget, safe_loads
 
-# numpy dtypes a .bin may hold (issame flags, raw image bytes); never object, string or void dtypes
-_DTYPES = {"b1", "?", "u1", "i1", "<u2", "<i2", "<u4", "<i4", "<u8", "<i8", "<f4", "<f8", ">u2", ">i2", ">u4",
-           ">i4", ">u8", ">i8", ">f4", ">f8", "u2", "i2", "u4", "i4", "u8", "i8", "f4", "f8"}
-_MAX_NDIM = 4
-_MEMO_OPS = {"PUT", "BINPUT", "LONG_BINPUT"}
-
-
-class _Refused(Exception):
-    """A value the format does not use (turned into a DataError naming the file)."""
-
-
-def _latin1(x):
-    if isinstance(x, str):
-        return x.encode("latin-1")
-    if isinstance(x, (bytes, bytearray)):
-        return bytes(x)
-    raise _Refused(f"expected bytes, got {type(x).__name__}")
-
-
-def _check_dtype(dtype):
-    if not isinstance(dtype, np.dtype) or dtype.hasobject or dtype.fields is not None or dtype.subdtype is not None \
-            or dtype.kind not in "biuf":
-        raise _Refused(f"numpy dtype {dtype!r} is not a plain bool/int/float dtype")
-    return dtype
-
-
-def _check_array(shape, dtype, data):
-    """Validate an array's parts before numpy sees them: the shape is checked against the data held."""
-    dtype = _check_dtype(dtype)
-    if not isinstance(shape, tuple) or len(shape) > _MAX_NDIM or \
-            not all(isinstance(n, int) and not isinstance(n, bool) and n >= 0 for n in shape):
-        raise _Refused(f"numpy array shape {shape!r} is not a tuple of at most {_MAX_NDIM} sizes")
-    data = _latin1(data)
-    count = 1
-    for n in shape:
-        count *= n
-    if count * dtype.itemsize != len(data):
-        raise _Refused(f"numpy array of shape {shape} and dtype {dtype} needs {count * dtype.itemsize} bytes, "
-                       f"the file holds {len(data)}")
-    return shape, dtype, data
-
-
-class _CheckedArray(np.ndarray):
-    """What the pickle's `_reconstruct` builds: an empty array whose state is validated before use."""
-
-    def __setstate__(self, state):
-        if not isinstance(state, tuple) or len(state) not in (4, 5):
-            raise _Refused("malformed numpy array state")
-        shape, dtype, fortran, data = state[-4:]
-        _check_array(shape, dtype, data)
-        super().__setstate__(state)
-
-
-class _NDArrayName:
-    """Stands for `numpy.ndarray` in a pickle: only `_reconstruct` may use it (numpy.ndarray(shape) itself
-    would allocate any shape the file names)."""
-
-    def __init__(self, *args, **kwargs):
-        raise _Refused("calling numpy.ndarray directly")
-
-
-def _reconstruct(subtype, shape, dtype_code):
-    if subtype is not _NDArrayName or tuple(shape) != (0,):
-        raise _Refused(f"numpy _reconstruct({getattr(subtype, '__name__', subtype)!r}, {shape!r}) is not how "
-                       f"numpy pickles an array")
-    return np.ndarray.__new__(_CheckedArray, (0,), np.uint8)
-
-
-def _frombuffer(buf, dtype, shape, order):  # numpy's pickle protocol 5 path
-    shape, dtype, data = _check_array(shape, dtype, buf)
-    if order not in ("C", "F"):
-        raise _Refused(f"numpy array order {order!r}")
-    return np.frombuffer(data, dtype).reshape(shape, order=order)
-
-
-def _dtype(spec, align=False, copy=False):
-    if isinstance(spec, bytes):  # Python 2 numpy pickles, read with encoding="bytes"
-        spec = spec.decode("latin-1")
-    if not isinstance(spec, str) or spec not in _DTYPES:
-        raise _Refused(f"numpy dtype {spec!r} is not a plain bool/int/float dtype")
-    return np.dtype(spec, False, True)  # always a private copy: BUILD must not touch numpy's singletons
-
-
-def _scalar(dtype, data):
-    dtype = _check_dtype(dtype)
-    data = _latin1(data)
-    if len(data) != dtype.itemsize:
-        raise _Refused(f"numpy {dtype} scalar of {len(data)} bytes")
-    return np.frombuffer(data, dtype)[0]
-
-
-def _encode(text, encoding="utf-8"):  # protocol 2 spells bytes as _codecs.encode(str, 'latin1')
-    if not isinstance(text, str) or encoding not in ("latin1", "latin-1"):
-        raise _Refused(f"_codecs.encode with encoding {encoding!r}")
-    return text.encode("latin-1")
-
-
-def _bytearray(*args):
-    if len(args) == 1 and isinstance(args[0], (bytes, bytearray)):
-        return bytearray(args[0])
-    if len(args) == 2 and isinstance(args[0], str) and args[1] in ("latin1", "latin-1"):
-        return bytearray(args[0].encode("latin-1"))
-    if not args:
-        return bytearray()
-    raise _Refused("bytearray() of anything but bytes")  # bytearray(2**40) would allocate a terabyte
-
-
-# Globals the format may legitimately reference, each bound to a checking stand-in.
-_ALLOWED_GLOBALS = {
-    ("numpy.core.multiarray", "_reconstruct"): _reconstruct,
-    ("numpy._core.multiarray", "_reconstruct"): _reconstruct,
-    ("numpy.core.numeric", "_frombuffer"): _frombuffer,
-    ("numpy._core.numeric", "_frombuffer"): _frombuffer,
-    ("numpy.core.multiarray", "scalar"): _scalar,
-    ("numpy._core.multiarray", "scalar"): _scalar,
-    ("numpy", "ndarray"): _NDArrayName,
-    ("numpy", "dtype"): _dtype,
-    ("_codecs", "encode"): _encode,
-    ("builtins", "bytearray"): _bytearray,
-    ("__builtin__", "bytearray"): _bytearray,
-}
-
-
-class _RestrictedUnpickler(pickle.Unpickler):
-    def __init__(self, f, path):
-        super().__init__(f, encoding="bytes")
-        self._path = path
-
-    def find_class(self, module, name):
-        key = (module.decode("latin-1") if isinstance(module, bytes) else module,
-               name.decode("latin-1") if isinstance(name, bytes) else name)
-        if key in _ALLOWED_GLOBALS:
-            return _ALLOWED_GLOBALS[key]
-        raise DataError(
-            f"{self._path}: refused to load global '{key[0]}.{key[1]}': a verification .bin may only "
-            f"contain byte strings, bools and numpy arrays of them"
-        )
-
-    def persistent_load(self, pid):
-        raise DataError(f"{self._path}: refused a persistent id: a verification .bin holds plain values only")
-
-
-def _prescan(data, path):
-    """Walk the opcodes once without building anything: every counted length must fit in the file
-    (the C unpickler allocates a length before reading it) and memo indices must be dense."""
-    ops = 0
-    try:
-        for op, arg, _ in pickletools.genops(io.BytesIO(data)):
-            if op.name in _MEMO_OPS and not 0 <= arg <= ops:
-                raise _Refused(f"memo index {arg} at opcode {ops}")
-            ops += 1
-    except _Refused:
-        raise
-    except Exception as e:  # short data, unknown opcode, bad argument
-        raise _Refused(f"{type(e).__name__}: {e}") from None
+_WHAT = "verification .bin pickle"
+_HINT = "a verification .bin may only contain byte strings, bools and numpy arrays of them"
 
 
 def safe_load_pickle(path):
@@ -177,15 +25,9 @@ def safe_load_pickle(path):
         raise DataError(f"file not found: {path}")
     with open(path, "rb") as f:
         data = f.read()
-    try:
-        _prescan(data, path)
-        return _RestrictedUnpickler(io.BytesIO(data), path).load()
-    except DataError:
-        raise
-    except _Refused as e:
-        raise DataError(f"{path}: not a valid verification .bin pickle: {e}") from None
-    except Exception as e:  # truncated or garbage pickle stream
-        raise DataError(f"{path}: not a readable verification .bin pickle ({type(e).__name__}: {e})") from None
+    # the budget: numpy arrays sharing one pickled bytes object cannot make the images far larger than the file
+    allowed = {**numpy_globals(PLAIN_DTYPES, max_ndim=4, budget=Budget(len(data))), **BYTES_GLOBALS}
+    return safe_loads(data, path, allowed, DataError, _WHAT, _HINT)
 
 
 def _as_bytes(x, path, i):
@@ -206,7 +48,7 @@ def _as_flags(issame, path):
     if isinstance(issame, np.ndarray) and issame.dtype.kind in "biu":
         flags = issame.reshape(-1)
         if np.isin(flags, (0, 1)).all():
-            return flags.astype(bool)
+            return np.asarray(flags, dtype=bool)
     elif isinstance(issame, (list, tuple)):  # checked flat: numpy would walk nested (or shared) lists
         if all(isinstance(x, (bool, int, np.bool_, np.integer)) and x in (0, 1) for x in issame):
             return np.array([bool(x) for x in issame], dtype=bool)
@@ -223,6 +65,10 @@ def load_bin(path):
     if not isinstance(images, (list, tuple)):
         raise DataError(f"{path}: images must be a list, got {type(images).__name__}")
     images = [_as_bytes(x, path, i) for i, x in enumerate(images)]
+    total, size = sum(len(b) for b in images), os.path.getsize(path)
+    if total > size:  # one image's bytes referenced many times through the pickle memo: decoded again and again
+        raise DataError(f"{path}: its {len(images)} images hold {total} bytes in all, more than the file's {size}: "
+                        f"the same image bytes are listed many times")
     issame = _as_flags(issame, path)
     if len(images) != 2 * len(issame):
         raise DataError(
