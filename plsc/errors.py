@@ -15,7 +15,3 @@ class DataError(PlscError):
 
 class CheckpointError(PlscError):
     """Missing, truncated or incompatible checkpoint."""
-
-
-class DistributedError(PlscError):
-    """World size that does not fit, a rank that died or timed out."""

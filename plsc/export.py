@@ -78,6 +78,7 @@ def export_model(backbone, out_dir, export_type="paddle", input_shape=(3, 112, 1
         result["onnx_file"] = os.path.join(out_dir, ONNX_FILE)
         _save_onnx(result["model_file"], result["params_file"], result["onnx_file"], opset_version, fp16, log)
     name = meta.get("model_name") or type(backbone).__name__
+    meta["cpu_onednn"] = _cpu_onednn(model)
     _write_meta(result, meta, batch, chw, emb_size, opset_version, fp16)
     log(f"exported {name} ({export_type}"
         f"{', fp16 weights' if fp16 else ''}) to {out_dir}")
@@ -333,6 +334,20 @@ def _write_meta(result, meta, batch, chw, emb_size, opset_version, fp16):
     info.update(meta)  # source_config and anything else the caller adds
     with open(result["meta_file"], "w") as f:
         json.dump(info, f, indent=1, default=str)
+
+
+def _cpu_onednn(model):
+    """Whether Paddle's CPU oneDNN path can run the exported program (see plsc.inference.onednn_unsafe),
+    decided from the model itself: its layout and its BatchNorm layers."""
+    import paddle
+
+    for layer in model.sublayers(include_self=True):
+        if isinstance(layer, paddle.nn.Conv2D) and "data_format=NHWC" in layer.extra_repr():
+            return {"safe": False, "reason": "an NHWC convolution"}
+        if isinstance(layer, (paddle.nn.BatchNorm1D, paddle.nn.BatchNorm2D, paddle.nn.BatchNorm)) and \
+                (getattr(layer, "weight", None) is None or getattr(layer, "bias", None) is None):
+            return {"safe": False, "reason": "a batch_norm without scale or shift"}
+    return {"safe": True, "reason": None}
 
 
 # ---------------------------------------------------------------- parity

@@ -79,9 +79,11 @@ class PaddleEmbedder(_Embedder):
 
     backend = "paddle_inference"
 
-    def __init__(self, directory, input_shape=None, max_batch=256, use_gpu=None):
+    def __init__(self, directory, input_shape=None, max_batch=256, use_gpu=None, meta=None):
         import paddle
         import paddle.inference as pi
+
+        meta = _read_meta(directory) if meta is None else meta
 
         model_file = os.path.join(directory, MODEL_JSON)
         params_file = os.path.join(directory, MODEL_PARAMS)
@@ -94,14 +96,14 @@ class PaddleEmbedder(_Embedder):
         else:
             config.disable_gpu()
             config.set_cpu_math_library_num_threads(_threads())
-            self.onednn_off_reason = onednn_unsafe(model_file)
+            self.onednn_off_reason = onednn_unsafe(meta)
             if self.onednn_off_reason:
                 config.disable_mkldnn()
         config.disable_glog_info()
         try:
             self.predictor = pi.create_predictor(config)
         except Exception as e:  # a corrupt / truncated file surfaces as a Paddle C++ error
-            raise CheckpointError(f"{directory}: cannot load the Paddle inference model "
+            raise CheckpointError(f"{model_file}: cannot load the Paddle inference model (with {MODEL_PARAMS}) "
                                   f"({type(e).__name__}: {str(e).strip().splitlines()[0]})") from None
         names = self.predictor.get_input_names()
         if len(names) != 1:
@@ -147,33 +149,17 @@ class OnnxEmbedder(_Embedder):
         return self.session.run(None, {self.input_name: batch})[0]
 
 
-def onednn_unsafe(model_file):
-    """Why Paddle 3.3's CPU oneDNN path cannot run this program (None if it can).
+def onednn_unsafe(meta):
+    """Why the CPU predictor runs without oneDNN (None: with it), from the model's meta.json.
 
-    Two Paddle bugs, found on plsc backbones: a batch_norm without scale/bias (IResNet's fixed-scale
-    feature BN normalises with weight=None) segfaults the oneDNN kernel, and the oneDNN layout passes
-    feed NCHW tensors to NHWC convolutions. The predictor then runs the plain CPU kernels (slower).
-    The program is the PIR JSON written by paddle.jit.save: ops {"#": "1.<op>", "A": attrs, "I": inputs},
-    a missing optional input is {"%": 0}.
-    """
-    try:
-        with open(model_file) as f:
-            program = json.load(f)
-    except (OSError, ValueError) as e:
-        raise CheckpointError(f"{model_file}: cannot load the Paddle inference model ({e})") from None
-    stack = [program]
-    while stack:
-        node = stack.pop()
-        if isinstance(node, dict):
-            if node.get("N") == "data_format" and isinstance(node.get("AT"), dict) and node["AT"].get("D") == "NHWC":
-                return "an NHWC convolution"
-            if str(node.get("#", "")).startswith("1.batch_norm") and isinstance(node.get("I"), list) \
-                    and any(isinstance(i, dict) and i.get("%") == 0 for i in node["I"]):
-                return "a batch_norm without scale or shift"
-            stack.extend(node.values())
-        elif isinstance(node, list):
-            stack.extend(node)
-    return None
+    Two Paddle 3.3 bugs make oneDNN fail on some programs: a batch_norm without scale / shift
+    segfaults its oneDNN kernel, and its layout passes feed NCHW tensors to NHWC convolutions.
+    plsc-export records in meta.json whether the exported model has either ("cpu_onednn"); a model
+    without meta.json (not written by plsc-export) runs without oneDNN, to be safe."""
+    info = meta.get("cpu_onednn") if isinstance(meta, dict) else None
+    if not isinstance(info, dict):
+        return "no plsc meta.json next to the model says oneDNN is safe for it"
+    return None if info.get("safe") else str(info.get("reason") or "meta.json marks it unsafe")
 
 
 def resolve_model_path(path):
@@ -214,4 +200,4 @@ def load_embedder(path, max_batch=256, use_gpu=None):
     if kind == "onnx":
         providers = ["CPUExecutionProvider"] if use_gpu is False else None
         return OnnxEmbedder(resolved, shape, max_batch, providers=providers)
-    return PaddleEmbedder(resolved, shape, max_batch, use_gpu=use_gpu)
+    return PaddleEmbedder(resolved, shape, max_batch, use_gpu=use_gpu, meta=meta)

@@ -128,26 +128,64 @@ def test_bad_policy_settings():
         AmpPolicy.from_config(dict(FP16, fp16_custom_black_list=["matmul"]))
 
 
-def test_inf_on_one_rank_makes_both_ranks_skip(tmp_path):
-    script = tmp_path / "inf.py"
-    script.write_text(
-        "from plsc.env import setup_threads; setup_threads()\n"
-        "import paddle, paddle.distributed as dist\n"
-        "from plsc.amp import LossScaler\n"
-        "from plsc.optim.grad_step import GradCheck\n"
-        "dist.init_parallel_env()\n"
-        "r = dist.get_rank()\n"
-        "s = LossScaler(init_loss_scaling=256.0, decr_every_n_nan_or_inf=1)\n"
-        "for step in range(3):\n"
-        "    g = paddle.ones([4]) * 256.0\n"
-        "    if r == 1 and step == 1:\n"
-        "        g[2] = float('inf')\n"
-        "    found = not GradCheck(s, None, 2)([('w', g)]).ok\n"
-        "    s.update(found)\n"
-        "    print(f'rank {r} step {step} skip {found} scale {s.scale_value}', flush=True)\n")
+TWO_RANKS = r"""
+import json, sys
+from plsc.env import setup_threads; setup_threads()
+import numpy as np, paddle, paddle.distributed as dist
+from plsc.amp import LossScaler
+from plsc.engine.dp import average_running_stats
+from plsc.optim.grad_step import ClipGradByGlobalNorm, GradCheck
+dist.init_parallel_env()
+r = dist.get_rank()
+out = {}
+s = LossScaler(init_loss_scaling=256.0, decr_every_n_nan_or_inf=1)
+for step in range(3):  # an inf on rank 1 only: both ranks skip, the scale stays equal
+    g = paddle.ones([4]) * 256.0
+    if r == 1 and step == 1:
+        g[2] = float('inf')
+    found = not GradCheck(s, None, 2)([('w', g)]).ok
+    s.update(found)
+    out[f"skip{step}"], out[f"scale{step}"] = found, s.scale_value
+# clipping over 2 ranks: a replicated gradient (equal on both ranks) and an FC gradient that is a
+# different shard per rank (model parallel) or the same everywhere (replicated FC)
+rep = np.arange(1, 7, dtype=np.float32)
+shard = np.full(3, 2.0 + r, np.float32)
+for name, sharded, no_clip in (("mp", True, []), ("rep", False, []), ("mp_noclip", True, ["dist"])):
+    g, fc = paddle.to_tensor(rep), paddle.to_tensor(shard if sharded else np.full(3, 2.0, np.float32))
+    clip = ClipGradByGlobalNorm(clip_norm=1.0, no_clip_list=no_clip)
+    v = GradCheck(LossScaler(enabled=False), clip, 2)([("conv.w", g)], fc=("dist_fc_rank0.w_0", fc, sharded))
+    out[name] = {"norm": float(v.norm), "rep": g.numpy().tolist(), "fc": fc.numpy().tolist()}
+# BatchNorm running statistics averaged across ranks before eval / save
+bn = paddle.nn.BatchNorm1D(3)
+paddle.assign(paddle.full([3], float(r + 1)), output=bn._mean)
+average_running_stats(bn)
+out["bn_mean"] = bn._mean.numpy().tolist()
+print("RESULT " + json.dumps(out), flush=True)
+"""
+
+
+def test_two_ranks_agree_on_skips_clipping_and_bn_statistics(tmp_path):
+    import json
+
+    script = tmp_path / "two.py"
+    script.write_text(TWO_RANKS)
     launch([script], nproc=2, log_dir=tmp_path / "log")
+    res = []
     for r in range(2):
         text = (tmp_path / "log" / f"workerlog.{r}").read_text()
-        assert f"rank {r} step 0 skip False scale 256.0" in text
-        assert f"rank {r} step 1 skip True scale 128.0" in text
-        assert f"rank {r} step 2 skip False scale 128.0" in text
+        res.append(json.loads(text.split("RESULT ", 1)[1].splitlines()[0]))
+    for r in range(2):  # the inf on rank 1 makes both skip step 1
+        assert [res[r][f"skip{i}"] for i in range(3)] == [False, True, False]
+        assert [res[r][f"scale{i}"] for i in range(3)] == [256.0, 128.0, 128.0]
+    rep_sq = float(np.sum(np.arange(1, 7) ** 2))
+    dense = {"mp": np.sqrt(rep_sq + 3 * 2.0 ** 2 + 3 * 3.0 ** 2),  # the dense reference: each shard once
+             "rep": np.sqrt(rep_sq + 3 * 2.0 ** 2),                # a replicated FC counted once, not W times
+             "mp_noclip": np.sqrt(rep_sq)}                         # no_clip_list ['dist']: the FC left out
+    for case, norm in dense.items():
+        for r in range(2):
+            assert res[r][case]["norm"] == pytest.approx(norm, rel=1e-6), (case, r)
+            coef = 1.0 / (norm + 1e-6)
+            assert res[r][case]["rep"] == pytest.approx((np.arange(1, 7) * coef).tolist(), rel=1e-5)
+            fc = (2.0 + r) if case.startswith("mp") else 2.0
+            assert res[r][case]["fc"] == pytest.approx([fc * (1.0 if case == "mp_noclip" else coef)] * 3, rel=1e-5)
+    assert res[0]["bn_mean"] == res[1]["bn_mean"] == [1.5, 1.5, 1.5]

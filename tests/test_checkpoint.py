@@ -9,6 +9,8 @@ import pytest
 from dist_utils import launch
 from test_train import SMOKE, losses, plsc
 
+pytestmark = pytest.mark.route  # also run with PLSC_NUMPY_ROUTE=0 (README's test command)
+
 # 15 classes (odd: shards [0, 8) and [8, 15) on 2 ranks), global batch 16, synchronized BN so that
 # 2 ranks x 8 images compute exactly what 1 rank x 16 images computes.
 COMMON = ["-c", SMOKE, "-o", "Model.class_num=15", "-o", "DataLoader.Train.dataset.num_classes=15",

@@ -197,6 +197,29 @@ def test_recompute_gives_same_loss_grads_and_bn_stats(name):
         assert any(np.abs(v).max() > 0 for k, v in s0.items() if k.endswith("_mean"))
 
 
+@pytest.mark.parametrize("name, option, reruns", [
+    ("IResNet18", {"names": ["layer2", "layer4"]}, 2),         # PLSC's names: two stages, one block each here
+    ("IResNet18", {"layerlist_interval": 1}, 0),              # IResNet's stages are not block lists (as in PLSC)
+    ("FaceViT_tiny_patch9_112", {"layerlist_interval": 2}, 1),  # blocks 0, 2, ... of the 2 here
+    ("MobileFaceNet_large", {}, None),                         # every block of the block list
+])
+def test_plscs_recompute_dict(name, option, reruns):
+    x = images(2)
+    plain, re = [], []
+    loss0, g0, s0 = _train_step(name, False, x, plain)
+    loss1, g1, s1 = _train_step(name, option, x, re)
+    assert len(re) - len(plain) == (len(plain) if reruns is None else reruns)
+    assert loss0 == loss1
+    for k in g0:
+        np.testing.assert_allclose(g0[k], g1[k], rtol=1e-6, atol=1e-7, err_msg=k)
+    for k in s0:
+        np.testing.assert_array_equal(s0[k], s1[k], err_msg=k)
+    with pytest.raises(ConfigError, match="has no part 'layer9'"):
+        MODELS.build("IResNet18", num_features=16, arch_kwargs=SMALL["IResNet18"], recompute={"names": ["layer9"]})
+    with pytest.raises(ConfigError, match="layerlist_interval must be an integer >= 1"):
+        MODELS.build(name, num_features=16, arch_kwargs=SMALL[name], recompute={"layerlist_interval": 0})
+
+
 def test_plain_fleet_recompute_would_update_bn_stats_twice():
     """Why the momentum guard exists: without it the backward re-forward moves the stats again."""
     from paddle.distributed.fleet.utils import recompute
@@ -247,16 +270,13 @@ def test_jit_save_load_round_trip(name, fmt, tmp_path):
     loaded.eval()
     np.testing.assert_allclose(loaded(x).numpy(), ref, rtol=1e-5, atol=1e-6)
     assert loaded(images(1)).shape == [1, 16]  # dynamic batch
-    if fmt == "NCHW" or name.startswith("IResNet"):
-        from plsc.inference import onednn_unsafe
+    from plsc.export import _cpu_onednn
+    from plsc.inference import onednn_unsafe
 
-        nchw = path if fmt == "NCHW" else str(tmp_path / "nchw")
-        if fmt != "NCHW":  # the same weights exported NCHW: a program the CPU oneDNN predictor can run
-            twin = MODELS.build(name, num_features=16, arch_kwargs=SMALL[name])
-            twin.set_state_dict(model.state_dict())
-            twin.eval()
-            paddle.jit.save(twin, nchw, input_spec=[paddle.static.InputSpec([None, 3, 112, 112], "float32", "x")])
-        assert onednn_unsafe(nchw + ".json") is None  # eval-mode fixed-scale BN exports as a standard batch_norm
+    verdict = _cpu_onednn(model)  # what plsc-export writes to meta.json
+    assert verdict["safe"] == (fmt == "NCHW"), verdict  # eval-mode fixed-scale BN is a standard batch_norm
+    assert (onednn_unsafe({"cpu_onednn": verdict}) is None) == verdict["safe"]
+    assert onednn_unsafe({}) is not None, "without plsc's meta.json the predictor runs without oneDNN"
 
 
 def test_fp32_layers_are_the_necks():

@@ -20,6 +20,8 @@ HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, HERE)
 import pfc_worker as W  # noqa: E402
 
+pytestmark = pytest.mark.route  # also run with PLSC_NUMPY_ROUTE=0 (README's test command)
+
 
 # ---------------------------------------------------------------- an independent dense reference
 def reference(case):

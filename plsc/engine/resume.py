@@ -40,6 +40,10 @@ def save_training(engine, final_dir):
 
 
 def restore_training(engine, path):
+    if _is_plsc_prefix(path):
+        raise CheckpointError(f"Global.checkpoint={path} is a PLSC checkpoint prefix: plsc resumes its own checkpoints "
+                              f"(PLSC's .pdopt pickles PLSC's classes and is not read); start from its weights with "
+                              f"-o Global.pretrained_model={path} (the backbone, and the FC when Model.class_num matches)")
     d = ckpt.resolve(path)
     ckpt.verify(d)
     state = ckpt.load_json(os.path.join(d, "state.json"))

@@ -47,10 +47,8 @@ def parse_options(name, kwargs, arch_defaults, vit_defaults=None):
     out = {
         "num_features": _positive_int(name, "num_features", kwargs.get("num_features", 512)),
         "dropout": _fraction(name, "dropout", kwargs.get("dropout", 0.0)),
-        "recompute": kwargs.get("recompute", False),
+        "recompute": _recompute_option(kwargs.get("recompute", False)),
     }
-    if not isinstance(out["recompute"], bool):
-        raise ConfigError(f"DistributedStrategy.recompute: {out['recompute']!r} is not true/false")
     fmt = kwargs.get("data_format", "NCHW")
     if fmt not in DATA_FORMATS:
         raise ConfigError(f"Model.data_format: '{fmt}' for {name} is not one of {', '.join(DATA_FORMATS)}")
@@ -69,6 +67,22 @@ def parse_options(name, kwargs, arch_defaults, vit_defaults=None):
     return out
 
 
+def _recompute_option(value):
+    """DistributedStrategy.recompute: true / false, or PLSC's {layerlist_interval: k, names: [...]}."""
+    if isinstance(value, bool):
+        return value
+    if not isinstance(value, dict) or set(value) - {"layerlist_interval", "names"}:
+        raise ConfigError(f"DistributedStrategy.recompute: expected true / false or {{layerlist_interval: k, names: "
+                          f"[stage names]}}, got {value!r}")
+    interval = value.get("layerlist_interval", 1)
+    names = value.get("names", [])
+    if isinstance(interval, bool) or not isinstance(interval, int) or interval < 1:
+        raise ConfigError(f"DistributedStrategy.recompute.layerlist_interval must be an integer >= 1, got {interval!r}")
+    if not isinstance(names, list) or not all(isinstance(n, str) for n in names):
+        raise ConfigError(f"DistributedStrategy.recompute.names must be a list of names, got {names!r}")
+    return {"layerlist_interval": interval, "names": list(names)}
+
+
 def int_list(name, key, value, length):
     """A list of `length` positive ints (arch_kwargs entries such as layers / widths)."""
     if not isinstance(value, (list, tuple)) or len(value) != length:
@@ -83,13 +97,19 @@ def check_int(name, key, value):
 
 
 class Backbone(nn.Layer):
-    """Base class: data layout, input check, recompute and the fp32 neck."""
+    """Base class: data layout, input check, recompute and the fp32 neck.
+
+    recompute (DistributedStrategy.recompute): true recomputes every block in backward; PLSC's
+    {layerlist_interval: k, names: [...]} recomputes every k-th block of the backbone's block lists
+    (the LayerList `blocks` of FaceViT / MobileFaceNet) and each direct child named in `names` as one
+    unit (e.g. IResNet's layer1 .. layer4), as PLSC's recompute_warp does."""
 
     def __init__(self, name, data_format="NCHW", recompute=False):
         super().__init__()
         self.model_name = name
         self.data_format = data_format
         self.recompute = recompute
+        self._recompute_names = recompute["names"] if isinstance(recompute, dict) else []
 
     def fp32_layers(self):
         """Sublayers that must stay fp32 under FP16 O2 (paddle.amp.decorate excluded_layers)."""
@@ -109,13 +129,40 @@ class Backbone(nn.Layer):
     def to_nchw(self, x):
         return paddle.transpose(x, [0, 3, 1, 2]) if self.data_format == "NHWC" else x
 
-    def run_block(self, block, x):
-        """block(x), through fleet recompute when recompute is on, training and grad enabled."""
-        if not (self.recompute and self.training and paddle.is_grad_enabled()):
+    def check_recompute_names(self):
+        """Call at the end of __init__: every recompute name must be a direct child."""
+        children = [n for n, _ in self.named_children()]
+        for n in self._recompute_names:
+            if n not in children:
+                raise ConfigError(f"DistributedStrategy.recompute.names: {self.model_name} has no part '{n}'; its parts: "
+                                  f"{', '.join(children)}")
+
+    def _recomputing(self):
+        return bool(self.recompute) and self.training and paddle.is_grad_enabled()
+
+    def run_block(self, block, x, index=None):
+        """block(x) of a block list, recomputed in backward when DistributedStrategy.recompute asks for it:
+        every block (true) or, with PLSC's dict, blocks at index % layerlist_interval == 0."""
+        if not self._recomputing():
             return block(x)
+        if isinstance(self.recompute, dict):
+            interval = self.recompute["layerlist_interval"]
+            if index is None or index % interval:
+                return block(x)
         from paddle.distributed.fleet.utils import recompute
 
         return recompute(_stats_once(block), x)
+
+    def run_part(self, name, part, x, blocks=None):
+        """A named child (a stage): recomputed as one unit when named in recompute.names; otherwise its
+        blocks one by one through run_block (index=None: PLSC's interval applies to block lists only)."""
+        if self._recomputing() and name in self._recompute_names:
+            from paddle.distributed.fleet.utils import recompute
+
+            return recompute(_stats_once(part), x)
+        for block in (blocks if blocks is not None else part):
+            x = self.run_block(block, x) if self.recompute is True else block(x)
+        return x
 
     @staticmethod
     def run_neck(neck_fn, x):

@@ -113,6 +113,7 @@ class FaceViT(Backbone):
                 tn(m.weight)
                 if m.bias is not None:
                     nn.initializer.Constant(0.0)(m.bias)
+        self.check_recompute_names()
 
     def fp32_layers(self):
         return [self.norm, self.dropout, self.feature]
@@ -147,8 +148,8 @@ class FaceViT(Backbone):
         restore = None
         if self.training and self.mask_ratio > 0:
             x, restore = self._random_keep(x)
-        for block in self.blocks:
-            x = self.run_block(block, x)
+        for i, block in enumerate(self.blocks):
+            x = self.run_block(block, x, index=i)
         return self.run_neck(lambda t: self._neck(t, restore), x)
 
 

@@ -15,6 +15,7 @@ import paddle
 from paddle import nn
 
 from plsc.models.common import Backbone, int_list, parse_options
+from plsc.models.prelu import PReLU
 from plsc.registry import MODELS
 
 BN_EPS = 1e-5
@@ -64,7 +65,7 @@ class IBasicBlock(nn.Layer):
         self.bn1 = batch_norm2d(inplanes, fmt)
         self.conv1 = conv2d(inplanes, planes, 3, 1, fmt)
         self.bn2 = batch_norm2d(planes, fmt)
-        self.prelu = nn.PReLU(planes, data_format=fmt)
+        self.prelu = PReLU(planes, data_format=fmt)
         self.conv2 = conv2d(planes, planes, 3, stride, fmt)
         self.bn3 = batch_norm2d(planes, fmt)
         self.se = se(planes) if se is not None else None
@@ -97,7 +98,7 @@ class ResidualFaceNet(Backbone):
         fmt = data_format
         self.conv1 = conv2d(3, widths[0], 3, 1, fmt)
         self.bn1 = batch_norm2d(widths[0], fmt)
-        self.prelu = nn.PReLU(widths[0], data_format=fmt)
+        self.prelu = PReLU(widths[0], data_format=fmt)
         inplanes = widths[0]
         for i, (n, w) in enumerate(zip(layers, widths)):
             blocks = [block(inplanes, w, 2)] + [block(w, w, 1) for _ in range(n - 1)]
@@ -107,6 +108,7 @@ class ResidualFaceNet(Backbone):
         self.dropout = nn.Dropout(p=dropout)
         self.fc = nn.Linear(inplanes * 7 * 7, num_features)
         self.features = features(num_features)
+        self.check_recompute_names()
 
     def stages(self):
         return [self.layer1, self.layer2, self.layer3, self.layer4]
@@ -120,9 +122,8 @@ class ResidualFaceNet(Backbone):
 
     def forward(self, x):
         x = self.prelu(self.bn1(self.conv1(self.enter(x))))
-        for stage in self.stages():
-            for block in stage:
-                x = self.run_block(block, x)
+        for i, stage in enumerate(self.stages()):
+            x = self.run_part(f"layer{i + 1}", stage, x)
         return self.run_neck(self._neck, x)
 
     def init_blocks(self, conv_init):

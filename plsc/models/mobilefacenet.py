@@ -21,6 +21,7 @@ import paddle
 from paddle import nn
 
 from plsc.models.common import Backbone, check_int, int_list, parse_options
+from plsc.models.prelu import PReLU
 from plsc.registry import MODELS
 
 BN_EPS = 1e-5
@@ -34,7 +35,7 @@ class ConvBlock(nn.Sequential):
                             bias_attr=False, data_format=fmt),
                   nn.BatchNorm2D(cout, epsilon=BN_EPS, data_format=fmt)]
         if act:
-            layers.append(nn.PReLU(cout, data_format=fmt))
+            layers.append(PReLU(cout, data_format=fmt))
         super().__init__(*layers)
 
 
@@ -87,6 +88,7 @@ class MobileFaceNet(Backbone):
         self.conv_sep = ConvBlock(c2, 8 * w, 1, 1, 1, fmt)
         self.features = GDC(8 * w, num_features, dropout, fmt)
         self._init_weights()
+        self.check_recompute_names()
 
     def _init_weights(self):
         # insightface: kaiming normal (fan_out, relu) for conv and linear, BN scale 1 / shift 0
@@ -106,8 +108,8 @@ class MobileFaceNet(Backbone):
 
     def forward(self, x):
         x = self.stem(self.enter(x))
-        for block in self.blocks:
-            x = self.run_block(block, x)
+        for i, block in enumerate(self.blocks):
+            x = self.run_block(block, x, index=i)
         return self.run_neck(self.features, self.conv_sep(x))
 
 

@@ -43,7 +43,8 @@ def _param_groups(model, weight_decay, no_weight_decay_for_bn_bias, no_weight_de
 def Momentum(model, learning_rate, momentum=0.9, weight_decay=0.0, use_nesterov=False,
              no_weight_decay_for_bn_bias=False, no_weight_decay_name=(), use_master_param=True,
              multi_precision=False):
-    """paddle.optimizer.Momentum with L2 weight decay (PLSC's defaults: weight_decay 0, master weights under O2).
+    """paddle.optimizer.Momentum with L2 weight decay (PLSC's defaults: weight_decay 0, master weights under O2),
+    as Paddle's multi-tensor update (one fused kernel per parameter group; bit-identical to the per-tensor one).
 
     use_master_param: under FP16 O2, keep fp32 master weights (false: update the fp16 weights directly)."""
     if not 0 <= momentum < 1:
@@ -51,7 +52,8 @@ def Momentum(model, learning_rate, momentum=0.9, weight_decay=0.0, use_nesterov=
     return paddle.optimizer.Momentum(
         learning_rate=learning_rate, momentum=momentum, use_nesterov=use_nesterov,
         parameters=_param_groups(model, weight_decay, no_weight_decay_for_bn_bias, no_weight_decay_name),
-        weight_decay=float(weight_decay), multi_precision=bool(multi_precision and use_master_param))
+        weight_decay=float(weight_decay), multi_precision=bool(multi_precision and use_master_param),
+        use_multi_tensor=True)
 
 
 def _adamw_hyper(settings):
