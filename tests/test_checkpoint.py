@@ -9,7 +9,6 @@ import pytest
 from dist_utils import launch
 from test_train import SMOKE, losses, plsc
 
-pytestmark = pytest.mark.route  # also run with PLSC_NUMPY_ROUTE=0 (README's test command)
 
 # 15 classes (odd: shards [0, 8) and [8, 15) on 2 ranks), global batch 16, synchronized BN so that
 # 2 ranks x 8 images compute exactly what 1 rank x 16 images computes.
@@ -41,6 +40,7 @@ def _snapshot(out, name):
     return dst
 
 
+@pytest.mark.route  # also run with PLSC_NUMPY_ROUTE=0 (README's test command)
 def test_resume_across_world_sizes_2_to_1_to_2(tmp_path):
     """A 2-rank run resumed on 1 rank, then on 2 again, follows the runs that kept their world size.
 
@@ -119,6 +119,7 @@ def test_fine_tune_loads_fc_only_when_class_num_matches(trained, tmp_path):
     assert losses(same.stdout)[1] < fresh
 
 
+@pytest.mark.route
 def test_fine_tune_in_process_copies_weights(trained, tmp_path):
     from plsc.config import load_config
     from plsc.engine.engine import Engine
