@@ -3,6 +3,7 @@ plsc's one-line message for 0, 1 and N workers and on every rank, and no process
 import os
 import subprocess
 import sys
+import threading
 import time
 
 import cv2
@@ -93,6 +94,39 @@ def test_loader_keeps_the_sampler_order_and_leaves_nothing_behind(image_folder, 
     time.sleep(0.5)
     assert not [f for f in os.listdir(SHM_DIR) if f.startswith(f"plsc-batch-{os.getpid()}-")]
     assert not _children(os.getpid()), "worker processes left"
+    assert not [t for t in threading.enumerate() if t.name == "plsc-loader"], "reader thread left"
+
+
+ABANDON = """
+import sys
+from plsc.env import setup_threads
+setup_threads()
+from plsc.data.loader import build_loader
+from plsc.registry import DATASETS, SAMPLERS
+ds = DATASETS.build("FaceIdentificationDataset", image_root=sys.argv[1], cls_label_path=sys.argv[2],
+                    transform_ops=[{"DecodeImage": {"to_rgb": True}}, {"RandFlipImage": {}}, {"NormalizeImage": {}},
+                                   {"ToCHWImage": None}])
+ds.defer_to_device()  # uint8 items, as in training
+sampler = SAMPLERS.build("DistributedBatchSampler", dataset=ds, batch_size=2, shuffle=False, rank=0, world_size=1)
+batches = iter(build_loader(ds, sampler, num_workers=0))
+next(batches)
+print("stopping early", flush=True)
+"""
+
+
+def test_a_run_that_stops_while_the_reader_decodes_exits_cleanly(tmp_path):
+    # large JPEGs keep the reader thread inside cv2 when the script ends: it must be stopped before Python
+    # finalizes (a daemon thread in C++ code at finalization aborts the process: exit 134, "terminate called")
+    rng = np.random.default_rng(0)
+    for k in range(12):
+        img = cv2.resize(rng.integers(0, 256, (40, 40, 3), dtype=np.uint8), (2400, 2400))
+        cv2.imwrite(str(tmp_path / f"{k}.jpg"), img)
+    (tmp_path / "label.txt").write_text("".join(f"{k}.jpg\t{k % 3}\n" for k in range(12)))
+    for _ in range(2):
+        out = subprocess.run([sys.executable, "-c", ABANDON, str(tmp_path), str(tmp_path / "label.txt")],
+                             capture_output=True, text=True, timeout=120)
+        assert out.returncode == 0 and "stopping early" in out.stdout, out.stderr[-2000:]
+        assert "terminate called" not in out.stderr
 
 
 def _children(pid):

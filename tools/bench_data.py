@@ -91,12 +91,10 @@ def main(argv=None):
 
                 run()  # warm up
                 rows.append((f"plsc loader, {w} workers, {items} items", max(w, 1), rate(run, count)))
-        batch = next(iter(build_loader(ds, sampler, 0)))  # float32 items: time the uint8 path's device step
         u8 = paddle.to_tensor(np.zeros((args.batch_size, 112, 112, 3), np.uint8))
         flips = paddle.to_tensor(np.arange(args.batch_size, dtype=np.uint8) % 2)
         rows.append(("device transform of a batch on this CPU", 1, rate(lambda: device(u8, flips).numpy(),
                                                                          args.batch_size)))
-        del batch
     jpeg_kb = sum(map(len, jpgs)) / len(jpgs) / 1024
     print(f"{args.images} JPEGs 112x112 ({args.jpeg}, {jpeg_kb:.1f} KB each), batch {args.batch_size}, "
           f"decode-only {decode:.0f} img/s\n")

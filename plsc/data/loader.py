@@ -19,6 +19,7 @@ batch into a memory-backed file (/dev/shm) that the main process maps, copies in
 removes; otherwise batches travel pickled through the pipe. Workers must not use paddle (datasets here use
 numpy / cv2 only).
 """
+import atexit
 import ctypes
 import glob
 import mmap
@@ -40,6 +41,7 @@ import plsc.errors as plsc_errors
 from plsc.errors import DataError, PlscError
 
 PREFETCH = 2          # batches read ahead: by the thread (0 workers) or per worker
+STOP_SECONDS = 10.0  # how long closing waits for a reader thread's current item
 POLL_SECONDS = 1.0    # how often a waiting main process checks that its workers are alive
 
 
@@ -87,44 +89,77 @@ class InProcessLoader:
 
 
 class _ThreadIterator:
+    """Batches read ahead by one thread. The thread holds no reference to the iterator: dropping the
+    iterator (a run that stops mid-epoch) stops the thread after the item it is reading, and at exit
+    every live reader is stopped and joined before the interpreter shuts down (a daemon thread still
+    inside a C++ decoder when Python finalizes aborts the process: "terminate called without an
+    active exception")."""
     _END = object()
 
     def __init__(self, dataset, batches):
         self._queue, self._stop = queue.Queue(maxsize=PREFETCH), threading.Event()
-        threading.Thread(target=self._read, args=(dataset, batches), name="plsc-loader", daemon=True).start()
-
-    def _read(self, dataset, batches):
-        try:
-            for indices in batches:
-                if self._stop.is_set():
-                    return
-                self._put(collate([dataset[i] for i in indices]))
-            self._put(self._END)
-        except BaseException as e:  # noqa: B036  (handed to the consumer and raised there)
-            self._put(e)
-
-    def _put(self, item):
-        while not self._stop.is_set():
-            try:
-                self._queue.put(item, timeout=0.1)
-                return
-            except queue.Full:
-                continue
+        self._thread = threading.Thread(target=_read_ahead, args=(dataset, batches, self._queue, self._stop),
+                                        name="plsc-loader", daemon=True)
+        _READERS[self._thread] = self._stop
+        self._thread.start()
 
     def __iter__(self):
         return self
 
     def __next__(self):
         item = self._queue.get()
-        if item is self._END:
+        if item is _END:
             raise StopIteration
         if isinstance(item, BaseException):
             self._stop.set()
             raise item
         return _tensors(item)
 
+    def close(self):
+        """Stop reading ahead and wait for the reader thread to finish its current item."""
+        self._stop.set()
+        self._thread.join(timeout=STOP_SECONDS)
+
     def __del__(self):
         self._stop.set()
+
+
+_END = _ThreadIterator._END
+_READERS = {}  # live reader thread -> its stop event
+
+
+def _read_ahead(dataset, batches, out, stop):
+    try:
+        for indices in batches:
+            items = []
+            for i in indices:
+                if stop.is_set():
+                    return
+                items.append(dataset[i])
+            _put(out, stop, collate(items))
+        _put(out, stop, _END)
+    except BaseException as e:  # noqa: B036  (handed to the consumer and raised there)
+        _put(out, stop, e)
+    finally:
+        _READERS.pop(threading.current_thread(), None)
+
+
+def _put(out, stop, item):
+    while not stop.is_set():
+        try:
+            out.put(item, timeout=0.1)
+            return
+        except queue.Full:
+            continue
+
+
+@atexit.register
+def _stop_readers():
+    readers = list(_READERS.items())
+    for _, stop in readers:
+        stop.set()
+    for thread, _ in readers:
+        thread.join(timeout=STOP_SECONDS)
 
 
 # ---------------------------------------------------------------- N workers

@@ -130,6 +130,18 @@ class Engine:
             self.dataset.set_epoch(st["epoch"])
         self.backbone.train()
         batches = iter(self.loader)
+        try:
+            if self._run_batches(batches):
+                return
+        finally:
+            batches.close()  # stops read-ahead (thread or workers) when the epoch ends early
+        st["epoch"] += 1
+        st["batch_in_epoch"] = 0
+        self._after_epoch()
+
+    def _run_batches(self, batches):
+        """Train on the epoch's remaining batches; True when Global.max_train_step was reached."""
+        st = self.state
         timer = _Timer()
         for _ in range(st["batch_in_epoch"], self.steps_per_epoch):
             batch = next(batches)
@@ -142,10 +154,8 @@ class Engine:
             st["global_step"] += 1
             self._after_step(loss, timer)
             if self._reached_max_step():
-                return
-        st["epoch"] += 1
-        st["batch_in_epoch"] = 0
-        self._after_epoch()
+                return True
+        return False
 
     def train_step(self, batch):
         """One optimizer step on one loader batch; returns the loss as a device scalar."""
