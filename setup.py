@@ -14,7 +14,7 @@ setup(
     python_requires=">=3.9",
     install_requires=[
         "numpy",
-        "opencv-python-headless",
+        "opencv-python-headless>=4.10",  # cv2.IMREAD_COLOR_RGB
         "pyyaml",
         "visualdl",
         "onnx",

@@ -226,6 +226,25 @@ def test_channel_first_pipeline_matches_default():
     np.testing.assert_allclose(chw, _expected(2, flip=True), atol=1e-5)
 
 
+@pytest.mark.parametrize("direct", [True, False])
+def test_decode_to_rgb_gives_opencvs_bgr_pixels_reversed(monkeypatch, direct):
+    """DecodeImage(to_rgb) decodes straight to RGB where OpenCV can (>= 4.10) and converts otherwise;
+    both give exactly the BGR decode with its channels reversed (JPEG, PNG, grayscale JPEG)."""
+    import plsc.data.transforms as T
+    if direct and T._IMREAD_RGB is None:
+        pytest.fail("this OpenCV has no IMREAD_COLOR_RGB; the direct route is untested")
+    if not direct:
+        monkeypatch.setattr(T, "_IMREAD_RGB", None)
+    rng = np.random.default_rng(3)
+    noisy = np.clip(image(5).astype(np.int16) + rng.integers(-90, 90, (112, 112, 3)), 0, 255).astype(np.uint8)
+    files = [cv2.imencode(".jpg", noisy, [cv2.IMWRITE_JPEG_QUALITY, 90])[1].tobytes(), png(4),
+             cv2.imencode(".jpg", noisy[:, :, 0])[1].tobytes()]
+    decode = T.DecodeImage(to_rgb=True)
+    for data in files:
+        bgr = cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_COLOR)
+        np.testing.assert_array_equal(decode(data, None), bgr[:, :, ::-1])
+
+
 def test_normalize_scale_parsing():
     assert parse_number("1.0/255.0", "s") == pytest.approx(1 / 255)
     assert parse_number("0.5", "s") == 0.5 and parse_number(2, "s") == 2.0

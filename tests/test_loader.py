@@ -97,6 +97,37 @@ def test_loader_keeps_the_sampler_order_and_leaves_nothing_behind(image_folder, 
     assert not [t for t in threading.enumerate() if t.name == "plsc-loader"], "reader thread left"
 
 
+class _Sized:
+    """Items whose image size changes every 6 batches (the reused shared-memory slots must grow and shrink)."""
+
+    def __init__(self, n, batch):
+        self.n, self.batch = n, batch
+
+    def __len__(self):
+        return self.n
+
+    def __getitem__(self, i):
+        side = (3, 20, 5, 40)[(i // (6 * self.batch)) % 4]
+        img = (np.arange(side * side * 3, dtype=np.uint8).reshape(side, side, 3) + i).astype(np.uint8)
+        return img, np.int64(i), np.float32(i) / 7
+
+
+@pytest.mark.parametrize("shared", [True, False])
+def test_worker_batches_stay_exact_when_slots_are_reused_and_resized(shared):
+    """48 batches over 2 workers: every worker's PREFETCH + 1 slots are reused ~8 times, with larger and
+    smaller batches in turn; every batch equals the dataset's own stacked items, in order."""
+    ds, bs = _Sized(48 * 4 - 3, 4), 4
+    sampler = SAMPLERS.build("DistributedBatchSampler", dataset=ds, batch_size=bs, shuffle=False, drop_last=False,
+                             rank=0, world_size=1)
+    expect = [[np.stack([ds[i][k] for i in idx]) for k in range(3)] for idx in sampler]
+    got = [[t.numpy() for t in batch] for batch in build_loader(ds, sampler, num_workers=2, use_shared_memory=shared)]
+    assert len(got) == len(expect) == 48 and got[-1][0].shape[0] == 1
+    for a, b in zip(got, expect):
+        assert all(x.dtype == y.dtype and np.array_equal(x, y) for x, y in zip(a, b))
+    assert not [f for f in os.listdir(SHM_DIR) if f.startswith(f"plsc-batch-{os.getpid()}-")]
+    assert not _children(os.getpid()), "worker processes left"
+
+
 ABANDON = """
 import sys
 from plsc.env import setup_threads

@@ -14,9 +14,10 @@ plsc has its own loader (not paddle.io.DataLoader) for what a training run must 
 
 0 workers: one prefetch thread reads ahead (PREFETCH batches); its errors are raised by the iterator.
 N workers: forked processes (the dataset is inherited, not pickled); batch k goes to worker k % N,
-PREFETCH batches in flight per worker, results re-ordered. With use_shared_memory a worker writes its
-batch into a memory-backed file (/dev/shm) that the main process maps, copies into tensors and
-removes; otherwise batches travel pickled through the pipe. Workers must not use paddle (datasets here use
+PREFETCH batches in flight per worker, results re-ordered. With use_shared_memory a worker stacks its
+batch into one of PREFETCH + 1 memory-backed files (/dev/shm) that it reuses batch after batch; the
+main process maps each file once, removes its name at once, and copies every batch into tensors as it
+arrives. Otherwise batches travel pickled through the pipe. Workers must not use paddle (datasets here use
 numpy / cv2 only).
 """
 import atexit
@@ -176,45 +177,94 @@ def _die_with_parent(parent_pid):
 SHM_DIR = "/dev/shm" if os.path.isdir("/dev/shm") else tempfile.gettempdir()
 
 
-def _to_shared(arrays, prefix):
-    """Write arrays into one new memory-backed file -> (path, [(shape, dtype, offset)])."""
-    sizes = [a.nbytes for a in arrays]
-    fd, path = tempfile.mkstemp(prefix=prefix, dir=SHM_DIR)
-    try:
-        os.ftruncate(fd, max(1, sum(sizes)))
-        with mmap.mmap(fd, max(1, sum(sizes))) as buf:
-            layout, offset = [], 0
-            for a, n in zip(arrays, sizes):
-                np.ndarray(a.shape, a.dtype, buffer=buf, offset=offset)[...] = a
-                layout.append((a.shape, a.dtype.str, offset))
-                offset += n
-    finally:
-        os.close(fd)
-    return path, layout
+class _Slots:
+    """A worker's ring of memory-backed files (/dev/shm), reused batch after batch: after the first
+    PREFETCH + 1 batches no file is created, sized, page-faulted in or removed, and the batch is stacked
+    straight into shared memory (one copy per image in the worker, one in the main process).
+
+    Why reuse is safe: the main process copies a batch out of its slot as soon as it receives it, and
+    it sends worker w a new task only after consuming one of w's batches, so at most PREFETCH of w's
+    batches are sent and not yet received (the one being written included); with PREFETCH + 1 slots
+    the slot written next was received, i.e. copied, before."""
+
+    def __init__(self, prefix):
+        self.prefix, self.count, self.files, self.written = prefix, PREFETCH + 1, {}, 0
+
+    def write(self, items):
+        """Stack the items' fields into the next slot -> (slot, path if the slot file is new, layout)."""
+        slot, self.written = self.written % self.count, self.written + 1
+        fields = [[np.asarray(item[k]) for item in items] for k in range(len(items[0]))]
+        specs = []
+        for values in fields:
+            dtypes = {v.dtype for v in values}  # the dtype np.stack would give
+            specs.append(((len(values),) + values[0].shape, np.result_type(*dtypes)))
+        need = sum(int(np.prod(shape)) * dtype.itemsize for shape, dtype in specs)
+        path, buf, size = self.files.get(slot, (None, None, 0))
+        new_path = None
+        if need > size:  # first use of the slot, or a larger batch than it held
+            if buf is not None:
+                buf.close()
+            size = max(1, need)
+            fd, path = tempfile.mkstemp(prefix=self.prefix, dir=SHM_DIR)
+            try:
+                os.ftruncate(fd, size)
+                buf = mmap.mmap(fd, size)
+            finally:
+                os.close(fd)
+            self.files[slot] = (path, buf, size)
+            new_path = path
+        layout, offset = [], 0
+        for values, (shape, dtype) in zip(fields, specs):
+            out = np.ndarray(shape, dtype, buffer=buf, offset=offset)
+            np.stack(values, out=out)  # raises, as collate does, when the items' shapes differ
+            del out
+            layout.append((shape, dtype.str, offset))
+            offset += int(np.prod(shape)) * dtype.itemsize
+        return slot, new_path, layout
 
 
-def _from_shared(path, layout):
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.unlink(path)
-        size = os.fstat(fd).st_size
-        with mmap.mmap(fd, size, prot=mmap.PROT_READ) as buf:
-            return _tensors([np.ndarray(shape, np.dtype(dt), buffer=buf, offset=off) for shape, dt, off in layout])
-    finally:
-        os.close(fd)
+class _SlotReader:
+    """The main process's side of one worker's slots: maps each slot file once (and removes it from
+    /dev/shm at once: the memory lives as long as the two mappings), copies batches out into tensors."""
+
+    def __init__(self):
+        self.maps = {}
+
+    def read(self, slot, new_path, layout):
+        if new_path is not None:
+            fd = os.open(new_path, os.O_RDONLY)
+            try:
+                os.unlink(new_path)
+                old = self.maps.pop(slot, None)
+                if old is not None:
+                    old.close()
+                self.maps[slot] = mmap.mmap(fd, os.fstat(fd).st_size, prot=mmap.PROT_READ)
+            finally:
+                os.close(fd)
+        buf = self.maps[slot]
+        return _tensors([np.ndarray(shape, np.dtype(dt), buffer=buf, offset=off) for shape, dt, off in layout])
+
+    def close(self):
+        for buf in self.maps.values():
+            try:
+                buf.close()
+            except BufferError:  # a view of it is still alive somewhere; the mapping goes with it
+                pass
+        self.maps.clear()
 
 
 def _worker_main(dataset, tasks, results, parent_pid, use_shared_memory, prefix):
     _die_with_parent(parent_pid)
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C is the main process's to handle
+    slots = _Slots(prefix)
     while True:
         task = tasks.recv()
         if task is None:
             return
         k, indices = task
         try:
-            arrays = collate([dataset[i] for i in indices])
-            results.send((k, "shm", _to_shared(arrays, prefix)) if use_shared_memory else (k, "arrays", arrays))
+            items = [dataset[i] for i in indices]
+            results.send((k, "shm", slots.write(items)) if use_shared_memory else (k, "arrays", collate(items)))
         except Exception as e:  # noqa: BLE001  (sent to the main process, which raises it at batch k)
             results.send((k, "error", _describe(e)))
 
@@ -231,7 +281,7 @@ class WorkerLoader:
         return _WorkerIterator(self)
 
 
-def _shutdown(procs, task_conns, prefix):
+def _shutdown(procs, task_conns, readers, prefix):
     for conn in task_conns:
         try:
             conn.send(None)
@@ -242,7 +292,9 @@ def _shutdown(procs, task_conns, prefix):
         if p.is_alive():
             p.kill()
             p.join(timeout=2.0)
-    for path in glob.glob(prefix + "*"):  # batches written but never read (an error, an early stop)
+    for reader in readers:
+        reader.close()
+    for path in glob.glob(prefix + "*"):  # slot files made but never received (an error, an early stop)
         try:
             os.unlink(path)
         except OSError:
@@ -258,6 +310,7 @@ class _WorkerIterator:
         self._batches = enumerate(iter(loader.batch_sampler))
         prefix = f"plsc-batch-{os.getpid()}-{id(self):x}-"
         self._procs, self._tasks, self._results = [], [], []
+        self._readers = [_SlotReader() for _ in range(loader.num_workers)]
         for _ in range(loader.num_workers):
             task_r, task_w = ctx.Pipe(duplex=False)
             res_r, res_w = ctx.Pipe(duplex=False)
@@ -269,7 +322,8 @@ class _WorkerIterator:
             self._procs.append(p)
             self._tasks.append(task_w)
             self._results.append(res_r)
-        self._finalizer = weakref.finalize(self, _shutdown, self._procs, self._tasks, os.path.join(SHM_DIR, prefix))
+        self._finalizer = weakref.finalize(self, _shutdown, self._procs, self._tasks, self._readers,
+                                          os.path.join(SHM_DIR, prefix))
         self._sent = self._next = 0
         self._ready, self._exhausted = {}, False
         for _ in range(PREFETCH * loader.num_workers):
@@ -304,7 +358,7 @@ class _WorkerIterator:
         if kind == "error":
             self.close()
             raise _rebuild(*payload, where=f"DataLoader worker (batch {self._next - 1})") from None
-        return _from_shared(*payload) if kind == "shm" else _tensors(payload)
+        return payload if kind == "shm" else _tensors(payload)
 
     def _receive(self):
         worker = self._next % len(self._procs)
@@ -313,7 +367,7 @@ class _WorkerIterator:
             if connection.wait([conn, proc.sentinel], timeout=POLL_SECONDS):
                 if conn.poll():
                     k, kind, payload = conn.recv()
-                    self._ready[k] = (kind, payload)
+                    self._ready[k] = (kind, self._readers[worker].read(*payload) if kind == "shm" else payload)
                     return
                 self.close()
                 code = proc.exitcode

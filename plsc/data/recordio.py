@@ -14,6 +14,7 @@ insightface's (record 0: flag 2, label = [first identity key, end identity key);
 1 .. first identity key - 1; identity records carry label = [start, end) of their image keys)
 and plain im2rec's (every record an image, flag 0, label = class).
 """
+import math
 import os
 import re
 import struct
@@ -86,27 +87,31 @@ def _pad4(n):
 def parse_record(buf, path, key, offset):
     """Reassemble the record starting at buf[0] (file byte `offset`) -> (payload, bytes consumed)."""
     pos, parts = 0, []
+
+    def where():  # formatted only for an error: the part being parsed starts at `start`
+        return f"{path}: key {key}: byte offset {offset + start}"
+
     while True:
-        where = f"{path}: key {key}: byte offset {offset + pos}"
+        start = pos
         if pos + 8 > len(buf):
-            raise DataError(f"{where}: truncated record (needs 8 header bytes, {len(buf) - pos} left)")
+            raise DataError(f"{where()}: truncated record (needs 8 header bytes, {len(buf) - pos} left)")
         magic, lrec = _LREC.unpack_from(buf, pos)
         if magic != MAGIC:
-            raise DataError(f"{where}: bad magic 0x{magic:08x} (expected 0x{MAGIC:08x}); "
+            raise DataError(f"{where()}: bad magic 0x{magic:08x} (expected 0x{MAGIC:08x}); "
                             f"the .rec is corrupt or the .idx does not belong to it")
         cflag, length = lrec >> 29, lrec & MAX_PART
         if (cflag in (0, 1)) != (not parts):
-            raise DataError(f"{where}: unexpected continuation flag {cflag}")
+            raise DataError(f"{where()}: unexpected continuation flag {cflag}")
         end = pos + 8 + length
         if end > len(buf):
-            raise DataError(f"{where}: truncated record: {length} payload bytes announced, "
+            raise DataError(f"{where()}: truncated record: {length} payload bytes announced, "
                             f"{len(buf) - pos - 8} present")
         parts.append(buf[pos + 8:end])
         pos = pos + 8 + _pad4(length)
         if cflag in (0, 3):
             return (_MAGIC_BYTES.join(parts) if len(parts) > 1 else bytes(parts[0])), min(pos, len(buf))
         if cflag not in (1, 2):
-            raise DataError(f"{where}: invalid continuation flag {cflag}")
+            raise DataError(f"{where()}: invalid continuation flag {cflag}")
 
 
 def read_idx(path):
@@ -143,8 +148,11 @@ def label_of(label, where):
     """The integer class of a record's label (float or float32 array, first value) -> int.
 
     NaN, inf and non-integer values are corrupt labels, not classes (int() would crash or round)."""
-    value = float(label if np.ndim(label) == 0 else (label[0] if len(label) else np.nan))
-    if not np.isfinite(value) or value != int(value):
+    if isinstance(label, float):  # the common case, without numpy's per-call overhead
+        value = label
+    else:
+        value = float(label if np.ndim(label) == 0 else (label[0] if len(label) else np.nan))
+    if not math.isfinite(value) or value != int(value):
         raise DataError(f"{where}: label {value} is not an integer class")
     return int(value)
 

@@ -51,6 +51,9 @@ class SampleRandom(random.Random):
         return order
 
 
+_IMREAD_RGB = getattr(cv2, "IMREAD_COLOR_RGB", None)  # OpenCV >= 4.10 decodes to RGB directly
+
+
 @TRANSFORMS.register()
 class DecodeImage:
     """Encoded bytes -> uint8 HWC image (cv2, BGR unless to_rgb; CHW if channel_first)."""
@@ -65,10 +68,11 @@ class DecodeImage:
             img = data
         else:
             buf = np.frombuffer(data, dtype=np.uint8)
-            img = cv2.imdecode(buf, cv2.IMREAD_COLOR) if buf.size else None
+            rgb_direct = self.to_rgb and _IMREAD_RGB is not None  # the same pixels, one pass fewer
+            img = cv2.imdecode(buf, _IMREAD_RGB if rgb_direct else cv2.IMREAD_COLOR) if buf.size else None
             if img is None:
                 raise DataError("cannot decode the image (not a JPEG/PNG/BMP or corrupt)")
-            if self.to_rgb:
+            if self.to_rgb and not rgb_direct:
                 img = cv2.cvtColor(img, cv2.COLOR_BGR2RGB)
         return img.transpose(2, 0, 1) if self.channel_first else img
 
