@@ -32,9 +32,10 @@ def estimate_bytes(classes, world, ratio, batch, dim):
 
 
 def one(args):
-    from plsc.env import setup_threads
+    from plsc.env import setup_threads, tune_allocator
 
     setup_threads()
+    tune_allocator()  # as plsc-train sets up a CPU run (PLSC_MALLOC_TUNING=0: glibc's defaults)
     import numpy as np
     import paddle
     import paddle.distributed as dist
