@@ -63,7 +63,9 @@ def _loader_section(train):
             "batch sampler: {name, batch_size (per rank), drop_last, shuffle}",
         ),
         "loader": {
-            "num_workers": Key(8 if train else 0, int, "DataLoader worker processes per rank"),
+            "num_workers": Key(8 if train else 0, int, "worker processes per rank reading batches" +
+                               (" (0: one reading thread)" if train else
+                                " (0: one decoding thread; evaluation during training and plsc-eval)")),
             "use_shared_memory": Key(True, bool, "pass batches through shared memory"),
             "collate_fn": Key("default_collate_fn", str, "PLSC's collate function name (stack every field)",
                               choices=["default_collate_fn"]),

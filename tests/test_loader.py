@@ -208,3 +208,68 @@ def test_a_bad_image_on_one_rank_ends_a_two_rank_run(tmp_path, image_folder):
     assert f"plsc-train: error: cannot read image {image_folder}/gone.jpg" in logs, logs[-4000:]
     time.sleep(1)
     assert not _alive(tmp_path), "a process of the run is still alive"
+
+
+@pytest.mark.parametrize("shared", [True, False])
+def test_evaluation_with_workers_equals_the_reading_thread_and_reports_bad_images(image_folder, shared, monkeypatch):
+    """DataLoader.Eval.loader.num_workers: evaluate_sets decodes in worker processes (batch by batch, in
+    order) with the same embeddings as the 0-worker thread; a broken image ends it with the DataError
+    naming the file, and no worker is left."""
+    from plsc.errors import DataError
+    from plsc.metrics.evaluator import evaluate_sets
+
+    lines = [f"{2 * p}.jpg\t{2 * p + 1}.jpg\t{p % 2}" for p in range(16)]
+    (image_folder / "pairs.txt").write_text("\n".join(lines) + "\n")
+    (image_folder / "pairs_broken.txt").write_text("\n".join(lines[:11] + ["broken.jpg\t3.jpg\t1"]) + "\n")
+    proj = np.random.default_rng(0).standard_normal((3 * 112 * 112, 16)).astype(np.float32)
+    seen = []
+
+    def embed(x):
+        seen.append(x.shape[0])
+        return x.reshape(len(x), -1) @ proj
+
+    def spec(labels):
+        return {"pairs": {"name": "FaceVerificationDataset", "image_root": str(image_folder),
+                          "cls_label_path": str(image_folder / labels)}}
+
+    import plsc.data.loader as loader_mod
+    built = []
+    real_build = loader_mod.build_loader
+
+    def spy(*args, **kwargs):
+        loader = real_build(*args, **kwargs)
+        built.append(type(loader).__name__)
+        return loader
+
+    monkeypatch.setattr(loader_mod, "build_loader", spy)
+    ref = evaluate_sets(embed, spec("pairs.txt"), batch_size=5, num_workers=0)["pairs"]
+    assert built == []  # 0 workers: the decoding thread
+    sizes, seen[:] = list(seen), []
+    got = evaluate_sets(embed, spec("pairs.txt"), batch_size=5, num_workers=2, use_shared_memory=shared)["pairs"]
+    assert built == ["WorkerLoader"]
+    assert seen == sizes == [5] * 12 + [2] * 2  # 32 images and their mirrors, batches of 5, in order
+    assert set(got) == set(ref) and all(np.array_equal(np.asarray(got[k]), np.asarray(ref[k])) for k in ref)
+    with pytest.raises(DataError, match="broken.jpg"):
+        evaluate_sets(embed, spec("pairs_broken.txt"), batch_size=5, num_workers=2, use_shared_memory=shared)
+    time.sleep(0.3)
+    assert not _children(os.getpid()), "worker processes left"
+    assert not [f for f in os.listdir(SHM_DIR) if f.startswith(f"plsc-batch-{os.getpid()}-")]
+
+
+def test_a_bad_eval_image_with_eval_workers_ends_plsc_train_with_one_message(tmp_path, image_folder):
+    lines = [f"{2 * p}.jpg\t{2 * p + 1}.jpg\t{p % 2}" for p in range(8)]
+    (image_folder / "pairs_bad.txt").write_text("\n".join(lines + ["broken.jpg\t3.jpg\t1"]) + "\n")
+    cmd = [sys.executable, "-c", "from plsc.cli import train_main; train_main()", "-c", SMOKE,
+           "-o", f"Global.output_dir={tmp_path}", "-o", "Global.eval_during_train=true",
+           "-o", "Global.eval_interval=1", "-o", "Global.max_train_step=1",
+           "-o", f"DataLoader.Eval.dataset={{name: FaceVerificationDataset, image_root: {image_folder}, "
+                 f"cls_label_path: {image_folder / 'pairs_bad.txt'}}}",
+           "-o", "Metric.Eval=[{LFWAcc: {flip_test: true}}]",
+           "-o", "DataLoader.Eval.sampler={name: BatchSampler, batch_size: 4}",
+           "-o", "DataLoader.Eval.loader.num_workers=2"]
+    out = subprocess.run(cmd, capture_output=True, text=True, timeout=120, cwd=ROOT)
+    assert out.returncode == 2, out.stderr[-3000:]
+    errors = [line for line in out.stderr.splitlines() if line.startswith("plsc-train: error:")]
+    assert len(errors) == 1 and f"{image_folder}/broken.jpg: cannot decode the image" in errors[0], out.stderr[-3000:]
+    assert "Traceback" not in out.stderr
+    assert not _alive(tmp_path), "a process of the run is still alive"

@@ -6,10 +6,11 @@ A thin entry to plsc.metrics.benchmark, kept here with the other benchmark scrip
 """
 import sys
 
-from plsc.env import setup_threads
+from plsc.env import setup_threads, tune_allocator
 
 if __name__ == "__main__":
     setup_threads()
+    tune_allocator()  # as plsc-eval sets up a CPU run
     from plsc.metrics.benchmark import main
 
     sys.exit(main())

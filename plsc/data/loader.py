@@ -46,12 +46,13 @@ STOP_SECONDS = 10.0  # how long closing waits for a reader thread's current item
 POLL_SECONDS = 1.0    # how often a waiting main process checks that its workers are alive
 
 
-def build_loader(dataset, batch_sampler, num_workers=0, use_shared_memory=True):
+def build_loader(dataset, batch_sampler, num_workers=0, use_shared_memory=True, as_numpy=False, key="Train"):
+    """as_numpy: batches as numpy arrays (host memory) instead of paddle Tensors on the current device."""
     if isinstance(num_workers, bool) or not isinstance(num_workers, int) or num_workers < 0:
-        raise DataError(f"DataLoader.Train.loader.num_workers must be an integer >= 0, got {num_workers!r}")
+        raise DataError(f"DataLoader.{key}.loader.num_workers must be an integer >= 0, got {num_workers!r}")
     if num_workers == 0:
-        return InProcessLoader(dataset, batch_sampler)
-    return WorkerLoader(dataset, batch_sampler, num_workers, bool(use_shared_memory))
+        return InProcessLoader(dataset, batch_sampler, as_numpy)
+    return WorkerLoader(dataset, batch_sampler, num_workers, bool(use_shared_memory), as_numpy)
 
 
 def collate(items):
@@ -61,6 +62,10 @@ def collate(items):
 
 def _tensors(arrays):
     return [paddle.to_tensor(a) for a in arrays]
+
+
+def _copies(arrays):
+    return [np.array(a) for a in arrays]
 
 
 def _describe(exc):
@@ -79,14 +84,14 @@ def _rebuild(kind, message, is_user, where):
 
 # ---------------------------------------------------------------- 0 workers
 class InProcessLoader:
-    def __init__(self, dataset, batch_sampler):
-        self.dataset, self.batch_sampler = dataset, batch_sampler
+    def __init__(self, dataset, batch_sampler, as_numpy=False):
+        self.dataset, self.batch_sampler, self.as_numpy = dataset, batch_sampler, as_numpy
 
     def __len__(self):
         return len(self.batch_sampler)
 
     def __iter__(self):
-        return _ThreadIterator(self.dataset, iter(self.batch_sampler))
+        return _ThreadIterator(self.dataset, iter(self.batch_sampler), self.as_numpy)
 
 
 class _ThreadIterator:
@@ -97,7 +102,8 @@ class _ThreadIterator:
     active exception")."""
     _END = object()
 
-    def __init__(self, dataset, batches):
+    def __init__(self, dataset, batches, as_numpy=False):
+        self._convert = (lambda arrays: arrays) if as_numpy else _tensors  # the thread's arrays are its own
         self._queue, self._stop = queue.Queue(maxsize=PREFETCH), threading.Event()
         self._thread = threading.Thread(target=_read_ahead, args=(dataset, batches, self._queue, self._stop),
                                         name="plsc-loader", daemon=True)
@@ -114,7 +120,7 @@ class _ThreadIterator:
         if isinstance(item, BaseException):
             self._stop.set()
             raise item
-        return _tensors(item)
+        return self._convert(item)
 
     def close(self):
         """Stop reading ahead and wait for the reader thread to finish its current item."""
@@ -230,7 +236,7 @@ class _SlotReader:
     def __init__(self):
         self.maps = {}
 
-    def read(self, slot, new_path, layout):
+    def read(self, slot, new_path, layout, convert=_tensors):
         if new_path is not None:
             fd = os.open(new_path, os.O_RDONLY)
             try:
@@ -242,7 +248,7 @@ class _SlotReader:
             finally:
                 os.close(fd)
         buf = self.maps[slot]
-        return _tensors([np.ndarray(shape, np.dtype(dt), buffer=buf, offset=off) for shape, dt, off in layout])
+        return convert([np.ndarray(shape, np.dtype(dt), buffer=buf, offset=off) for shape, dt, off in layout])
 
     def close(self):
         for buf in self.maps.values():
@@ -270,9 +276,9 @@ def _worker_main(dataset, tasks, results, parent_pid, use_shared_memory, prefix)
 
 
 class WorkerLoader:
-    def __init__(self, dataset, batch_sampler, num_workers, use_shared_memory):
+    def __init__(self, dataset, batch_sampler, num_workers, use_shared_memory, as_numpy=False):
         self.dataset, self.batch_sampler = dataset, batch_sampler
-        self.num_workers, self.use_shared_memory = num_workers, use_shared_memory
+        self.num_workers, self.use_shared_memory, self.as_numpy = num_workers, use_shared_memory, as_numpy
 
     def __len__(self):
         return len(self.batch_sampler)
@@ -326,6 +332,7 @@ class _WorkerIterator:
                                           os.path.join(SHM_DIR, prefix))
         self._sent = self._next = 0
         self._ready, self._exhausted = {}, False
+        self._as_numpy = loader.as_numpy
         for _ in range(PREFETCH * loader.num_workers):
             self._send_one()
 
@@ -358,7 +365,9 @@ class _WorkerIterator:
         if kind == "error":
             self.close()
             raise _rebuild(*payload, where=f"DataLoader worker (batch {self._next - 1})") from None
-        return payload if kind == "shm" else _tensors(payload)
+        if kind == "shm" or self._as_numpy:  # pickled arrays (no shared memory) are already this process's own
+            return payload
+        return _tensors(payload)
 
     def _receive(self):
         worker = self._next % len(self._procs)
@@ -367,7 +376,9 @@ class _WorkerIterator:
             if connection.wait([conn, proc.sentinel], timeout=POLL_SECONDS):
                 if conn.poll():
                     k, kind, payload = conn.recv()
-                    self._ready[k] = (kind, self._readers[worker].read(*payload) if kind == "shm" else payload)
+                    if kind == "shm":  # copied out now: the worker reuses the slot (see _Slots)
+                        payload = self._readers[worker].read(*payload, convert=_copies if self._as_numpy else _tensors)
+                    self._ready[k] = (kind, payload)
                     return
                 self.close()
                 code = proc.exitcode

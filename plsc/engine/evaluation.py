@@ -13,6 +13,8 @@ class Evaluator:
         self.sets = eval_sets(cfg)
         self.rank, self.world_size, self.log = rank, world_size, log
         self.batch_size = cfg["DataLoader"]["Eval"]["sampler"]["batch_size"]
+        loader = cfg["DataLoader"]["Eval"]["loader"]
+        self.workers = {"num_workers": loader["num_workers"], "use_shared_memory": loader["use_shared_memory"]}
         metrics = cfg["Metric"]["Eval"] or []
         if len(metrics) > 1:
             raise ConfigError(f"Metric.Eval: one verification metric, got {[next(iter(m)) for m in metrics]}")
@@ -34,7 +36,7 @@ class Evaluator:
                                                  note=share)) if self.rank == 0 else None
         results = evaluate_sets(embed_fn, self.sets, batch_size=self.batch_size, metric=self.metric,
                                 rank=self.rank, world_size=self.world_size, progress_for=progress_for,
-                                log=self.log.info)
+                                log=self.log.info, **self.workers)
         self.log.info("verification:\n" + format_table(results))
         return results
 

@@ -36,18 +36,54 @@ def _run_embed(embed_fn, batch, what):
     return out.astype(np.float32, copy=False)
 
 
-def _embed_range(embed_fn, load, start, end, batch_size, flip_test, name, fuse=False, progress=None):
-    raw, flipped = [], []
-    starts = list(range(start, end, batch_size))
-    if not starts:
-        return None, None
+class _Batches:
+    """Batch k of the range [start, end) as one item (decoded and checked by _load_batch), for worker processes."""
+
+    def __init__(self, load, starts, end, batch_size, name):
+        self.load, self.starts, self.end, self.batch_size, self.name = load, starts, end, batch_size, name
+
+    def __len__(self):
+        return len(self.starts)
+
+    def __getitem__(self, k):
+        s = self.starts[k]
+        return (_load_batch(self.load, range(s, min(s + self.batch_size, self.end)), self.name),)
+
+
+def _decoded(load, starts, end, batch_size, name, num_workers, use_shared_memory):
+    """The range's decoded batches in order: read one ahead by a thread (0 workers) or by worker processes
+    (plsc's loader: errors keep their message, workers die with this process)."""
+    if num_workers > 0:
+        from plsc.data.loader import build_loader
+
+        items = _Batches(load, starts, end, batch_size, name)
+        batches = iter(build_loader(items, [[k] for k in range(len(starts))], num_workers, use_shared_memory,
+                                    as_numpy=True, key="Eval"))
+        try:
+            for (batch,) in batches:
+                yield batch[0]
+        finally:
+            batches.close()
+        return
     with ThreadPoolExecutor(max_workers=1) as pool:  # decode the next batch while the model runs
         pending = pool.submit(_load_batch, load, range(starts[0], min(starts[0] + batch_size, end)), name)
-        for k, s in enumerate(starts):
+        for k in range(len(starts)):
             batch = pending.result()
             if k + 1 < len(starts):
                 nxt = starts[k + 1]
                 pending = pool.submit(_load_batch, load, range(nxt, min(nxt + batch_size, end)), name)
+            yield batch
+
+
+def _embed_range(embed_fn, load, start, end, batch_size, flip_test, name, fuse=False, progress=None, num_workers=0,
+                 use_shared_memory=True):
+    raw, flipped = [], []
+    starts = list(range(start, end, batch_size))
+    if not starts:
+        return None, None
+    batches = _decoded(load, starts, end, batch_size, name, num_workers, use_shared_memory)
+    try:
+        for s, batch in zip(starts, batches):
             what = f"{name}: images {s}..{s + len(batch) - 1}"
             raw.append(_run_embed(embed_fn, batch, what))
             if flip_test:
@@ -56,6 +92,8 @@ def _embed_range(embed_fn, load, start, end, batch_size, flip_test, name, fuse=F
                     raw[-1] = raw[-1] + flipped.pop()
             if progress is not None:
                 progress(s + len(batch) - start, end - start)
+    finally:
+        batches.close()  # a failed batch stops the reading thread / the workers now
     return np.concatenate(raw), (np.concatenate(flipped) if flip_test and not fuse else None)
 
 
@@ -94,20 +132,24 @@ def on_all_ranks(fn, rank=0, world_size=1, what="evaluating"):
 
 
 def embed_images(embed_fn, load, n, batch_size=64, flip_test=True, rank=0, world_size=1, name="images",
-                 fuse=False, progress=None):
+                 fuse=False, progress=None, num_workers=0, use_shared_memory=True):
     """-> (raw [n, D] float32, flipped [n, D] float32 or None), identical on every rank.
 
     fuse: return (raw + flipped, None) -- summed on each rank before the gather (half the memory).
     progress: called as progress(done, total) with this rank's counts after every batch.
+    num_workers: 0 decodes in one background thread; N > 0 in N worker processes (`load` must not use
+    paddle: it runs in forked processes), batch by batch in order.
     """
     if batch_size < 1:
         raise DataError(f"{name}: batch size must be >= 1, got {batch_size}")
     start, end = shard_range(n, rank, world_size)
     if world_size == 1:
-        return _embed_range(embed_fn, load, start, end, batch_size, flip_test, name, fuse, progress)
+        return _embed_range(embed_fn, load, start, end, batch_size, flip_test, name, fuse, progress, num_workers,
+                            use_shared_memory)
     part, error, local_exc = (None, None), None, None
     try:
-        part = _embed_range(embed_fn, load, start, end, batch_size, flip_test, name, fuse, progress)
+        part = _embed_range(embed_fn, load, start, end, batch_size, flip_test, name, fuse, progress, num_workers,
+                            use_shared_memory)
     except Exception as e:  # every rank must reach the gather, then all raise the same error
         error, local_exc = (isinstance(e, PlscError), type(e).__name__, str(e), rank), e
     parts = _gather((part, error), world_size)

@@ -45,11 +45,13 @@ def build_eval_dataset(name, spec):
 
 
 def evaluate_sets(embed_fn, sets, batch_size=64, flip_test=True, rank=0, world_size=1, progress_for=None,
-                  metric=None, log=None):
+                  metric=None, log=None, num_workers=0, use_shared_memory=True):
     """{set name: dataset spec or dataset} -> {set name: verification results} (same on every rank).
 
     metric: a Metric.Eval object (LFWAcc) deciding flip_test and the folds; default LFWAcc(flip_test).
-    progress_for(set name, images on this rank) -> a progress(done, total) callback, or None."""
+    progress_for(set name, images on this rank) -> a progress(done, total) callback, or None.
+    num_workers, use_shared_memory: DataLoader.Eval.loader (0: one decoding thread per rank)."""
+    workers = {"num_workers": num_workers, "use_shared_memory": use_shared_memory}
     from plsc.metrics.verification import LFWAcc
 
     metric = metric or LFWAcc(flip_test=flip_test)
@@ -65,11 +67,11 @@ def evaluate_sets(embed_fn, sets, batch_size=64, flip_test=True, rank=0, world_s
         raw, flipped = embed_images(embed_fn, lambda i, ds=ds: ds[i][0], len(ds), batch_size=batch_size,
                                     flip_test=metric.flip_test and not stored, rank=rank, world_size=world_size,
                                     name=f"eval set '{name}'",
-                                    progress=progress_for(name, end - start) if progress_for else None)
+                                    progress=progress_for(name, end - start) if progress_for else None, **workers)
         if stored and metric.flip_test:
             flipped, _ = embed_images(embed_fn, lambda i, ds=ds: ds.mirror(i), len(ds), batch_size=batch_size,
                                       flip_test=False, rank=rank, world_size=world_size,
-                                      name=f"eval set '{name}' (stored mirrors)")
+                                      name=f"eval set '{name}' (stored mirrors)", **workers)
         results[name] = metric(raw, ds.issame, flipped, name=f"eval set '{name}'")
     return results
 
