@@ -317,6 +317,29 @@ def test_random_eval_transform_and_non_verification_set_refused(tmp_path):
         evaluate_sets(PoolEmbed(), {"x": {"name": "FaceRandomDataset", "num_classes": 4, "num_samples": 8}})
 
 
+@pytest.mark.parametrize("override, message", [
+    ("DataLoader.Eval.sampler={name: BatchSampler, batch_size: 8, shuffle: true}", "sampler.shuffle=true"),
+    ("DataLoader.Eval.sampler={name: BatchSampler, batch_size: 8, drop_last: true}", "sampler.drop_last=true"),
+    ("DataLoader.Eval.sampler={name: DistributedBatchSampler, batch_size: 8}", None),
+])
+def test_eval_sampler_keys_do_what_they_say_or_are_refused(tmp_path, override, message):
+    import logging
+
+    from plsc.config import load_config
+    from plsc.engine.evaluation import Evaluator
+
+    make_bin(tmp_path / "r.bin", pairs=10)
+    smoke = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "configs", "smoke",
+                         "IResNet_tiny_random.yaml")
+    cfg = load_config(smoke, [f"DataLoader.Eval.dataset={{name: FaceBinDataset, bin_path: {tmp_path / 'r.bin'}}}",
+                              override, "Metric.Eval=[{LFWAcc: {flip_test: true}}]"])
+    if message is None:
+        assert Evaluator(cfg, 0, 1, logging.getLogger("t")).batch_size == 8
+    else:
+        with pytest.raises(ConfigError, match=message):
+            Evaluator(cfg, 0, 1, logging.getLogger("t"))
+
+
 # ----------------------------------------------------------------- two ranks: split work, same answer
 DIST_SCRIPT = textwrap.dedent("""
     import json, os, sys

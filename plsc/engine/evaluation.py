@@ -12,7 +12,16 @@ class Evaluator:
     def __init__(self, cfg, rank, world_size, log):
         self.sets = eval_sets(cfg)
         self.rank, self.world_size, self.log = rank, world_size, log
-        self.batch_size = cfg["DataLoader"]["Eval"]["sampler"]["batch_size"]
+        sampler = cfg["DataLoader"]["Eval"]["sampler"]
+        self.batch_size = sampler["batch_size"]
+        if self.sets:
+            if sampler.get("name") not in ("BatchSampler", "DistributedBatchSampler"):
+                raise ConfigError(f"DataLoader.Eval.sampler.name={sampler.get('name')!r}: evaluation reads every "
+                                  f"image once, split across ranks; use BatchSampler")
+            for key in ("shuffle", "drop_last"):
+                if sampler.get(key):
+                    raise ConfigError(f"DataLoader.Eval.sampler.{key}=true: verification embeds every pair in "
+                                      f"file order (its folds are contiguous runs of pairs); set it to false")
         loader = cfg["DataLoader"]["Eval"]["loader"]
         self.workers = {"num_workers": loader["num_workers"], "use_shared_memory": loader["use_shared_memory"]}
         metrics = cfg["Metric"]["Eval"] or []
