@@ -243,10 +243,10 @@ def test_evaluation_with_workers_equals_the_reading_thread_and_reports_bad_image
 
     monkeypatch.setattr(loader_mod, "build_loader", spy)
     ref = evaluate_sets(embed, spec("pairs.txt"), batch_size=5, num_workers=0)["pairs"]
-    assert built == []  # 0 workers: the decoding thread
+    assert built == ["InProcessLoader"]  # 0 workers: the decoding thread, no worker process
     sizes, seen[:] = list(seen), []
     got = evaluate_sets(embed, spec("pairs.txt"), batch_size=5, num_workers=2, use_shared_memory=shared)["pairs"]
-    assert built == ["WorkerLoader"]
+    assert built == ["InProcessLoader", "WorkerLoader"]
     assert seen == sizes == [5] * 12 + [2] * 2  # 32 images and their mirrors, batches of 5, in order
     assert set(got) == set(ref) and all(np.array_equal(np.asarray(got[k]), np.asarray(ref[k])) for k in ref)
     with pytest.raises(DataError, match="broken.jpg"):

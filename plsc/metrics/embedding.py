@@ -9,8 +9,6 @@ A failure on one rank is sent to every rank, which all raise it (no rank is left
 Ranks may call embed_fn a different number of times (uneven slices): embed_fn must not run
 collectives (a backbone in eval mode does not; SyncBatchNorm only syncs in training).
 """
-from concurrent.futures import ThreadPoolExecutor
-
 import numpy as np
 
 import plsc.errors as plsc_errors
@@ -37,7 +35,7 @@ def _run_embed(embed_fn, batch, what):
 
 
 class _Batches:
-    """Batch k of the range [start, end) as one item (decoded and checked by _load_batch), for worker processes."""
+    """Batch k of the range [start, end) as one item (decoded and checked by _load_batch), for plsc's loader."""
 
     def __init__(self, load, starts, end, batch_size, name):
         self.load, self.starts, self.end, self.batch_size, self.name = load, starts, end, batch_size, name
@@ -50,40 +48,20 @@ class _Batches:
         return (_load_batch(self.load, range(s, min(s + self.batch_size, self.end)), self.name),)
 
 
-def _decoded(load, starts, end, batch_size, name, num_workers, use_shared_memory):
-    """The range's decoded batches in order: read one ahead by a thread (0 workers) or by worker processes
-    (plsc's loader: errors keep their message, workers die with this process)."""
-    if num_workers > 0:
-        from plsc.data.loader import build_loader
-
-        items = _Batches(load, starts, end, batch_size, name)
-        batches = iter(build_loader(items, [[k] for k in range(len(starts))], num_workers, use_shared_memory,
-                                    as_numpy=True, key="Eval"))
-        try:
-            for (batch,) in batches:
-                yield batch[0]
-        finally:
-            batches.close()
-        return
-    with ThreadPoolExecutor(max_workers=1) as pool:  # decode the next batch while the model runs
-        pending = pool.submit(_load_batch, load, range(starts[0], min(starts[0] + batch_size, end)), name)
-        for k in range(len(starts)):
-            batch = pending.result()
-            if k + 1 < len(starts):
-                nxt = starts[k + 1]
-                pending = pool.submit(_load_batch, load, range(nxt, min(nxt + batch_size, end)), name)
-            yield batch
-
-
 def _embed_range(embed_fn, load, start, end, batch_size, flip_test, name, fuse=False, progress=None, num_workers=0,
                  use_shared_memory=True):
+    from plsc.data.loader import build_loader
+
     raw, flipped = [], []
     starts = list(range(start, end, batch_size))
     if not starts:
         return None, None
-    batches = _decoded(load, starts, end, batch_size, name, num_workers, use_shared_memory)
+    # decoded one batch per task, in order, by plsc's loader: its reading thread (0 workers) or worker processes
+    batches = iter(build_loader(_Batches(load, starts, end, batch_size, name), [[k] for k in range(len(starts))],
+                                num_workers, use_shared_memory, as_numpy=True, key="Eval"))
     try:
-        for s, batch in zip(starts, batches):
+        for s, (stacked,) in zip(starts, batches):
+            batch = stacked[0]
             what = f"{name}: images {s}..{s + len(batch) - 1}"
             raw.append(_run_embed(embed_fn, batch, what))
             if flip_test:
@@ -138,7 +116,7 @@ def embed_images(embed_fn, load, n, batch_size=64, flip_test=True, rank=0, world
     fuse: return (raw + flipped, None) -- summed on each rank before the gather (half the memory).
     progress: called as progress(done, total) with this rank's counts after every batch.
     num_workers: 0 decodes in one background thread; N > 0 in N worker processes (`load` must not use
-    paddle: it runs in forked processes), batch by batch in order.
+    paddle: it runs in forked processes), batch by batch in order (plsc.data.loader either way).
     """
     if batch_size < 1:
         raise DataError(f"{name}: batch size must be >= 1, got {batch_size}")

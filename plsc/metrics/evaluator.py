@@ -51,9 +51,9 @@ def evaluate_sets(embed_fn, sets, batch_size=64, flip_test=True, rank=0, world_s
     metric: a Metric.Eval object (LFWAcc) deciding flip_test and the folds; default LFWAcc(flip_test).
     progress_for(set name, images on this rank) -> a progress(done, total) callback, or None.
     num_workers, use_shared_memory: DataLoader.Eval.loader (0: one decoding thread per rank)."""
-    workers = {"num_workers": num_workers, "use_shared_memory": use_shared_memory}
     from plsc.metrics.verification import LFWAcc
 
+    workers = {"num_workers": num_workers, "use_shared_memory": use_shared_memory}
     metric = metric or LFWAcc(flip_test=flip_test)
     results = {}
     for name, spec in sets.items():
