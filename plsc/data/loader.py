@@ -202,9 +202,9 @@ class _Slots:
         fields = [[np.asarray(item[k]) for item in items] for k in range(len(items[0]))]
         specs = []
         for values in fields:
-            dtypes = {v.dtype for v in values}  # the dtype np.stack would give
-            specs.append(((len(values),) + values[0].shape, np.result_type(*dtypes)))
-        need = sum(int(np.prod(shape)) * dtype.itemsize for shape, dtype in specs)
+            shape, dtype = (len(values),) + values[0].shape, np.result_type(*{v.dtype for v in values})  # as np.stack
+            specs.append((shape, dtype, int(np.prod(shape)) * dtype.itemsize))
+        need = sum(nbytes for _, _, nbytes in specs)
         path, buf, size = self.files.get(slot, (None, None, 0))
         new_path = None
         if need > size:  # first use of the slot, or a larger batch than it held
@@ -220,12 +220,12 @@ class _Slots:
             self.files[slot] = (path, buf, size)
             new_path = path
         layout, offset = [], 0
-        for values, (shape, dtype) in zip(fields, specs):
+        for values, (shape, dtype, nbytes) in zip(fields, specs):
             out = np.ndarray(shape, dtype, buffer=buf, offset=offset)
             np.stack(values, out=out)  # raises, as collate does, when the items' shapes differ
             del out
             layout.append((shape, dtype.str, offset))
-            offset += int(np.prod(shape)) * dtype.itemsize
+            offset += nbytes
         return slot, new_path, layout
 
 
