@@ -3,12 +3,12 @@ import os
 import signal
 import subprocess
 import sys
-import time
 
 import numpy as np
 import paddle
 import pytest
 
+import procs
 from dist_utils import free_port, rank_logs  # noqa: F401
 from plsc.config import load_config
 from plsc.errors import PlscError
@@ -74,13 +74,8 @@ def test_consecutive_non_finite_steps_stop_with_a_checkpoint(tmp_path):
     assert saved["train_state"]["global_step"] == 5 and saved["train_state"]["skipped_steps"] == 3
 
 
-def _children(pid):
-    out = subprocess.run(["ps", "-o", "pid=", "--ppid", str(pid)], capture_output=True, text=True).stdout
-    return [int(x) for x in out.split()]
-
-
 def _rank_pid(launcher_pid, rank):
-    for child in _children(launcher_pid):
+    for child in procs.children(launcher_pid):
         try:
             env = open(f"/proc/{child}/environ", "rb").read().split(b"\0")
         except OSError:
@@ -107,12 +102,10 @@ def test_stalled_rank_ends_the_job_naming_it(tmp_path):
         "        time.sleep(3600)  # a rank stuck on I/O between steps\n"
         "e._after_step = stuck\n"
         "e.train()\n")
-    t = time.time()
+    # without the watchdog rank 0 would wait for rank 1 for an hour: the timeout only guards against that hang
     proc = subprocess.run([sys.executable, "-m", "paddle.distributed.launch", "--nproc_per_node", "2", "--log_dir",
-                           str(tmp_path / "log"), str(script)], capture_output=True, text=True, timeout=240)
-    elapsed = time.time() - t
+                           str(tmp_path / "log"), str(script)], capture_output=True, text=True, timeout=600)
     assert proc.returncode != 0
-    assert elapsed < 90, elapsed
     log0 = (tmp_path / "log" / "workerlog.0").read_text()
     assert "waited more than 5s in train step 3" in log0 and "rank(s) 1 stopped responding" in log0, log0[-3000:]
 
@@ -126,25 +119,22 @@ def test_killed_rank_ends_the_job_and_rerun_resumes(tmp_path):
                              "--log_dir", str(tmp_path / "log"), *args], stdout=subprocess.PIPE,
                             stderr=subprocess.STDOUT, text=True)
     log0 = tmp_path / "log" / "workerlog.0"
-    deadline = time.time() + 180
-    while time.time() < deadline:
-        steps = losses(log0.read_text()) if log0.exists() else {}
-        if steps and max(steps) >= 7:
-            break
-        time.sleep(0.5)
-    victim = _rank_pid(proc.pid, 1)
-    assert victim, "rank 1 process not found"
-    assert len(_children(victim)) == 2, "rank 1 reads with 2 DataLoader workers"
-    os.kill(victim, signal.SIGKILL)
-    killed_at = max(losses(log0.read_text()))
-    t = time.time()
-    proc.communicate(timeout=120)
+    try:
+        procs.wait_until(lambda: max((losses(log0.read_text()) if log0.exists() else {}) or [0]) >= 7, 600,
+                         "rank 0 to log step 7")
+        victim = procs.wait_until(lambda: _rank_pid(proc.pid, 1), 60, "the rank 1 process")
+        # both DataLoader workers of rank 1 are running (they start with the epoch; wait, don't sample)
+        procs.wait_until(lambda: len(procs.children(victim)) == 2, 60, "rank 1's 2 DataLoader workers")
+        os.kill(victim, signal.SIGKILL)
+        killed_at = max(losses(log0.read_text()))
+        # the watchdog (collective_timeout 20 s) ends the job; the timeout only guards against a hang
+        proc.communicate(timeout=600)
+    finally:
+        if proc.poll() is None:
+            procs.kill_all([proc.pid, *procs.descendants(proc.pid)])
+            proc.communicate()
     assert proc.returncode != 0
-    assert time.time() - t < 60
-    time.sleep(1)
-    left = [line for line in subprocess.run(["ps", "-eo", "pid=,args="], capture_output=True, text=True).stdout
-            .splitlines() if str(out) in line]
-    assert not left, f"processes of the killed run are still alive: {left}"
+    procs.wait_until(lambda: not procs.descendants(), 60, "every process of the killed run to end")
     from plsc.engine import checkpoint as ckpt
 
     saved = ckpt.load_json(str(out / "IResNet18" / "latest" / "state.json"))["train_state"]["global_step"]

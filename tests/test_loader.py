@@ -4,13 +4,13 @@ import os
 import subprocess
 import sys
 import threading
-import time
 
 import cv2
 import numpy as np
 import paddle
 import pytest
 
+import procs
 from dist_utils import launch, rank_logs
 from plsc.data.loader import SHM_DIR, build_loader
 from plsc.registry import DATASETS, SAMPLERS
@@ -91,10 +91,10 @@ def test_loader_keeps_the_sampler_order_and_leaves_nothing_behind(image_folder, 
     it = iter(build_loader(ds, sampler, num_workers=workers))
     next(it)
     del it  # an early stop (max_train_step): workers and their batch files go away
-    time.sleep(0.5)
-    assert not [f for f in os.listdir(SHM_DIR) if f.startswith(f"plsc-batch-{os.getpid()}-")]
-    assert not _children(os.getpid()), "worker processes left"
-    assert not [t for t in threading.enumerate() if t.name == "plsc-loader"], "reader thread left"
+    procs.wait_until(lambda: not _batch_files(), 30, "the batch files to go")
+    procs.wait_until(lambda: not procs.children(), 30, "the worker processes to end")
+    procs.wait_until(lambda: not [t for t in threading.enumerate() if t.name == "plsc-loader"], 30,
+                     "the reader thread to end")
 
 
 class _Sized:
@@ -124,8 +124,8 @@ def test_worker_batches_stay_exact_when_slots_are_reused_and_resized(shared):
     assert len(got) == len(expect) == 48 and got[-1][0].shape[0] == 1
     for a, b in zip(got, expect):
         assert all(x.dtype == y.dtype and np.array_equal(x, y) for x, y in zip(a, b))
-    assert not [f for f in os.listdir(SHM_DIR) if f.startswith(f"plsc-batch-{os.getpid()}-")]
-    assert not _children(os.getpid()), "worker processes left"
+    procs.wait_until(lambda: not _batch_files(), 30, "the batch files to go")
+    procs.wait_until(lambda: not procs.children(), 30, "the worker processes to end")
 
 
 ABANDON = """
@@ -160,39 +160,34 @@ def test_a_run_that_stops_while_the_reader_decodes_exits_cleanly(tmp_path):
         assert "terminate called" not in out.stderr
 
 
-def _children(pid):
-    out = subprocess.run(["ps", "-o", "pid=,comm=", "--ppid", str(pid)], capture_output=True, text=True).stdout
-    return [line for line in out.splitlines() if line.split()[-1] != "ps"]
+def _batch_files():
+    return [f for f in os.listdir(SHM_DIR) if f.startswith(f"plsc-batch-{os.getpid()}-")]
 
 
-def _alive(marker):
-    """Processes whose command line mentions `marker` (a run's unique temp path)."""
-    out = subprocess.run(["ps", "-eo", "pid=,args="], capture_output=True, text=True).stdout
-    return [line for line in out.splitlines() if str(marker) in line and "ps -eo" not in line]
+def _no_process_left():
+    """Every process the test started has ended (orphans included: pytest is their subreaper, see procs.py)."""
+    procs.wait_until(lambda: not procs.descendants(), 60, "every process of the run to end")
 
 
-def _train(tmp_path, image_folder, label_file, workers, timeout=60):
+def _train(tmp_path, image_folder, label_file, workers, timeout=300):
     cmd = [sys.executable, "-c", "from plsc.cli import train_main; train_main()", "-c", SMOKE,
            "-o", f"Global.output_dir={tmp_path}", "-o", "Model.class_num=4",
            "-o", f"DataLoader.Train.dataset={{name: FaceIdentificationDataset, image_root: {image_folder}, "
                  f"cls_label_path: {image_folder / label_file}}}",
            "-o", "DataLoader.Train.sampler.batch_size=4", "-o", f"DataLoader.Train.loader.num_workers={workers}"]
-    t = time.time()
-    out = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, cwd=ROOT)
-    return out, time.time() - t
+    return subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, cwd=ROOT)
 
 
 @pytest.mark.parametrize("workers", [0, 1, 2])
 @pytest.mark.parametrize("label_file, message", [("missing.txt", "cannot read image {root}/gone.jpg: No such file"),
                                                  ("corrupt.txt", "{root}/broken.jpg: cannot decode the image")])
 def test_a_bad_image_ends_the_run_with_one_message(tmp_path, image_folder, workers, label_file, message):
-    out, seconds = _train(tmp_path, image_folder, label_file, workers)
+    out = _train(tmp_path, image_folder, label_file, workers)  # a run that hangs instead ends at the timeout
     assert out.returncode == 2, out.stderr[-3000:]
-    assert seconds < 30
     assert message.format(root=image_folder) in out.stderr
     lines = [line for line in out.stderr.splitlines() if line.startswith("plsc-train: error:")]
     assert len(lines) == 1 and "Traceback" not in out.stderr, out.stderr[-3000:]
-    assert not _alive(tmp_path), "a process of the run is still alive"
+    _no_process_left()
 
 
 def test_a_bad_image_on_one_rank_ends_a_two_rank_run(tmp_path, image_folder):
@@ -201,13 +196,11 @@ def test_a_bad_image_on_one_rank_ends_a_two_rank_run(tmp_path, image_folder):
                   f"cls_label_path: {image_folder / 'missing.txt'}}}",
             "-o", "DataLoader.Train.sampler.batch_size=4", "-o", "DataLoader.Train.sampler.shuffle=false",
             "-o", "DataLoader.Train.loader.num_workers=2", "-o", "DistributedStrategy.collective_timeout=20"]
-    t = time.time()
-    proc = launch(args, nproc=2, log_dir=tmp_path / "log", check=False, timeout=120)
-    assert proc.returncode != 0 and time.time() - t < 60
+    proc = launch(args, nproc=2, log_dir=tmp_path / "log", check=False, timeout=600)
+    assert proc.returncode != 0
     logs = rank_logs(tmp_path / "log")
     assert f"plsc-train: error: cannot read image {image_folder}/gone.jpg" in logs, logs[-4000:]
-    time.sleep(1)
-    assert not _alive(tmp_path), "a process of the run is still alive"
+    _no_process_left()
 
 
 @pytest.mark.parametrize("shared", [True, False])
@@ -251,9 +244,8 @@ def test_evaluation_with_workers_equals_the_reading_thread_and_reports_bad_image
     assert set(got) == set(ref) and all(np.array_equal(np.asarray(got[k]), np.asarray(ref[k])) for k in ref)
     with pytest.raises(DataError, match="broken.jpg"):
         evaluate_sets(embed, spec("pairs_broken.txt"), batch_size=5, num_workers=2, use_shared_memory=shared)
-    time.sleep(0.3)
-    assert not _children(os.getpid()), "worker processes left"
-    assert not [f for f in os.listdir(SHM_DIR) if f.startswith(f"plsc-batch-{os.getpid()}-")]
+    procs.wait_until(lambda: not procs.children(), 30, "the worker processes to end")
+    procs.wait_until(lambda: not _batch_files(), 30, "the batch files to go")
 
 
 def test_a_bad_eval_image_with_eval_workers_ends_plsc_train_with_one_message(tmp_path, image_folder):
@@ -267,9 +259,9 @@ def test_a_bad_eval_image_with_eval_workers_ends_plsc_train_with_one_message(tmp
            "-o", "Metric.Eval=[{LFWAcc: {flip_test: true}}]",
            "-o", "DataLoader.Eval.sampler={name: BatchSampler, batch_size: 4}",
            "-o", "DataLoader.Eval.loader.num_workers=2"]
-    out = subprocess.run(cmd, capture_output=True, text=True, timeout=120, cwd=ROOT)
+    out = subprocess.run(cmd, capture_output=True, text=True, timeout=300, cwd=ROOT)
     assert out.returncode == 2, out.stderr[-3000:]
     errors = [line for line in out.stderr.splitlines() if line.startswith("plsc-train: error:")]
     assert len(errors) == 1 and f"{image_folder}/broken.jpg: cannot decode the image" in errors[0], out.stderr[-3000:]
     assert "Traceback" not in out.stderr
-    assert not _alive(tmp_path), "a process of the run is still alive"
+    _no_process_left()
