@@ -95,3 +95,26 @@ def test_bad_lr_settings():
         sched(name="Poly", learning_rate=0.1, decay_unit="hour")
     with pytest.raises(ConfigError, match="milestones"):
         sched(name="MultiStep", learning_rate=0.1, milestones=[5, 2])
+
+
+def _arcface_torch_v2(step, lr, warmup, total, power=1.0):
+    """arcface_torch train_v2.py: PolynomialLRWarmup(opt, warmup_step, total_step), default power 1.0, written out."""
+    if step < warmup:
+        return lr * step / warmup
+    return lr * (1 - (step - warmup) / (total - warmup)) ** power
+
+
+def test_the_zoo_poly_schedule_is_arcface_torchs_train_v2_schedule():
+    """docs/from_peers.md's arcface_torch row: `LRScheduler: {name: Poly, power: 1.0, decay_unit: step,
+    warmup_epochs: N}` with `Global.epochs` gives train_v2.py's learning rate at every step."""
+    from plsc.config import load_config
+    import os
+
+    zoo = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "configs", "ms1mv3",
+                       "IResNet50_MS1MV3_ArcFace_pfc10_1n8c_dp_mp_fp16o1.yaml")
+    spe, epochs = 9, 4
+    cfg = dict(load_config(zoo, ["LRScheduler.warmup_epochs=1"])["LRScheduler"])
+    assert cfg["power"] == 1.0
+    s = sched(steps_per_epoch=spe, epochs=epochs, **cfg)
+    for step in range(spe * epochs):
+        assert s(step) == pytest.approx(_arcface_torch_v2(step, 0.1, spe, spe * epochs), rel=1e-12, abs=1e-15), step

@@ -71,3 +71,20 @@ def train_two_steps(engine):
     w1 = [p.numpy() for p in engine.backbone.parameters() if not p.stop_gradient][:3]
     assert any(not np.array_equal(a, b) for a, b in zip(w0, w1)) and not np.array_equal(fc0, engine.head.weight.numpy())
     return values
+
+
+PLSC_OWN = sorted(p for p in glob.glob(os.path.join(ROOT, "configs", "*", "*.yaml"))
+                  if os.sep + "_base_" + os.sep not in p and os.sep + "reference" + os.sep not in p)
+
+
+@pytest.mark.parametrize("path", PLSC_OWN, ids=lambda p: os.path.basename(p)[:48])
+def test_plsc_configs_state_their_poly_power(path):
+    """Poly's default power (PLSC's 2.0) differs from arcface_torch's current 1.0: no plsc config may lean on it
+    (configs/reference is PLSC's own file and keeps PLSC's meaning)."""
+    from plsc.config import _read_yaml
+
+    sched = _read_yaml(path, []).get("LRScheduler", {})
+    if sched.get("name") == "Poly":
+        assert "power" in sched, f"{path}: LRScheduler.power is inherited from the default"
+    if "sgd_poly_20e" in open(path).read() or "adamw_poly_40e" in open(path).read():
+        assert sched["power"] == 1.0, "the arcface_torch recipes decay linearly (train_v2.py PolynomialLRWarmup)"
