@@ -8,7 +8,7 @@ size, stride, ...)` whose storage is a persistent id `('storage', torch.FloatSto
 numel)` naming the raw little-endian bytes in `<root>/data/<key>`; `<root>/byteorder` is 'little'.
 data.pkl goes through plsc's restricted unpickler (plsc.interop.safe_pickle): the only torch names
 allowed are the storage types and the tensor / parameter rebuild functions, bound to numpy
-stand-ins written here; the legacy (pre-1.6, non-zip) format is refused with a hint.
+stand-ins written here; the legacy (pre-1.6, non-zip) format is read by plsc.interop.torch_legacy.
 
 The zip is checked before anything is read: entries must be uncompressed (torch stores every entry),
 unencrypted, with distinct names and byte ranges that do not overlap (one block of bytes cannot
@@ -199,9 +199,10 @@ def read_torch_file(path):
     size = os.path.getsize(path)
     with open(path, "rb") as f:
         head = f.read(16)
-    if is_legacy_torch(head):
-        raise CheckpointError(f"{path}: the legacy (torch < 1.6, non-zip) torch format is not read by plsc; re-save "
-                              f"it with a current torch: torch.save(torch.load(f, weights_only=True), 'new.pt')")
+    if is_legacy_torch(head):  # same restricted unpickler, the pre-zip layout (plsc.interop.torch_legacy)
+        from plsc.interop.torch_legacy import read_legacy_torch
+
+        return read_legacy_torch(path)
     try:
         zf = zipfile.ZipFile(path)
     except Exception as e:  # BadZipFile, OSError, ValueError, struct.error, ... on a cut or mangled directory
