@@ -21,6 +21,7 @@ setup(
         "paddle2onnx",
         "onnxruntime",
         "matplotlib",
+        "faiss-cpu",  # plsc-search's gallery index
     ],
     extras_require={
         "cpu": ["paddlepaddle>=3.0"],
@@ -40,6 +41,10 @@ setup(
             "plsc-bin-convert=plsc.tools.bin_convert:main",
             "plsc-fc-shards=plsc.tools.fc_shards:main",
             "plsc-import=plsc.tools.import_ckpt:main",
+            "plsc-embed=plsc.deploy.cli:embed_main",
+            "plsc-verify=plsc.deploy.cli:verify_main",
+            "plsc-calibrate=plsc.deploy.cli:calibrate_main",
+            "plsc-search=plsc.deploy.cli:search_main",
         ]
     },
 )
