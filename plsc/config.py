@@ -334,9 +334,6 @@ def _notes(raw):
     if g.get("use_dali"):
         notes.append("Global.use_dali has no effect: plsc's own loader reads the data (PLSC builds no DALI loader "
                      "for face recognition either)")
-    if "finetune" in g:
-        notes.append("Global.finetune has no effect: Global.pretrained_model always loads the backbone (and the FC "
-                     "when Model.class_num matches); in PLSC finetune: true loaded nothing")
     if (raw.get("Loss") or {}).get("Eval"):
         notes.append("Loss.Eval has no effect: evaluation is verification on embeddings (PLSC's face evaluation "
                      "does not use it either)")
@@ -352,8 +349,41 @@ def load_config(path, overrides=()):
         apply_override(raw, text)
     _presence_defaults(raw)
     cfg = Config(validate(raw))
+    check_finite(cfg)
+    check_finetune(cfg)
     cfg.notes = _notes(raw)
     return cfg
+
+
+def check_finite(node, path=""):
+    """Every number of the config is finite: a NaN or infinite learning rate, margin, scale, weight decay,
+    momentum, clip norm or loss weight cannot train (ConfigError naming the key)."""
+    import math
+
+    items = node.items() if isinstance(node, dict) else enumerate(node) if isinstance(node, list) else ()
+    for k, v in items:
+        p = f"{path}.{k}" if path else str(k)
+        if isinstance(v, float) and not math.isfinite(v):
+            raise ConfigError(f"{p}: {v} is not a finite number (a run cannot train with it); set a finite value")
+        check_finite(v, p)
+
+
+def check_finetune(cfg):
+    """Global.finetune's recipe is complete and in range (every plsc backbone has 4 stages)."""
+    g, f = cfg["Global"], cfg["FineTune"]
+    if not g["finetune"]:
+        return
+    if not g["pretrained_model"]:
+        raise ConfigError("Global.finetune is true but Global.pretrained_model is not set: name the released or "
+                          "trained model to fine-tune (a plsc checkpoint directory, or plsc-import's output)")
+    n = f["freeze_stages"]
+    if not (n == "all" or (isinstance(n, int) and not isinstance(n, bool) and 0 <= n <= 4)):
+        raise ConfigError(f"FineTune.freeze_stages={n!r}: plsc backbones have 4 stages; give 0..4, or 'all' (only "
+                          f"the neck trains)")
+    if not f["backbone_lr_mult"] >= 0:
+        raise ConfigError(f"FineTune.backbone_lr_mult must be >= 0, got {f['backbone_lr_mult']}")
+    if f["head_warmup_steps"] < 0:
+        raise ConfigError(f"FineTune.head_warmup_steps must be >= 0, got {f['head_warmup_steps']}")
 
 
 def peek(path, overrides, keys, default):

@@ -85,8 +85,14 @@ SCHEMA = {
         "pretrained_model": Key(None, OPT_STR, "weights to start from / evaluate / export: a plsc checkpoint dir, a "
                                 "plsc-import output, or a PLSC prefix (output/IResNet50/latest -> latest.pdparams "
                                 "[+ latest_rank{r}.pdparams])"),
-        "finetune": Key(False, bool, "PLSC key without effect: Global.pretrained_model always fine-tunes (warned)"),
+        "finetune": Key(False, bool, "fine-tune Global.pretrained_model with the FineTune section's recipe (imprinted "
+                        "classifier, backbone lr multiplier, frozen stages, BatchNorm mode, head-only warm-up, "
+                        "evaluation before the first step); false: the weights are loaded and everything trains as "
+                        "from scratch"),
         "output_dir": Key("./output/", str, "root of logs and checkpoints; a run writes <output_dir>/<Model.name>/"),
+        "overwrite": Key(False, bool, "plsc-train into an <output_dir>/<Model.name>/ that already holds checkpoints "
+                         "is refused unless resuming (Global.checkpoint) or this is true (its checkpoints are then "
+                         "replaced as the new run saves)"),
         "device": Key("gpu", str, "gpu or cpu; gpu falls back to cpu (with a log line) when Paddle has no CUDA; "
                       "PLSC's xpu / npu are accepted and run on cpu (warned)", choices=["gpu", "cpu", "xpu", "npu"]),
         "flags": Key(None, (dict, type(None)), "Paddle flags to set (paddle.set_flags), PLSC's: merged over "
@@ -173,6 +179,20 @@ SCHEMA = {
         "Train": Key([], list, "PLSC key, not computed (warned): PLSC's TopkAcc on the sampled, shard-local logits "
                      "does not measure a sharded classifier; the loss is logged"),
         "Eval": RegisteredList("METRICS", [{"LFWAcc": {"flip_test": True}}], "verification metrics"),
+    },
+    "FineTune": {
+        "imprint": Key(True, bool, "start the classifier from the pretrained backbone's class means of the training "
+                       "set (one pass, sharded as the FC)"),
+        "backbone_lr_mult": Key(0.1, NUM, "the backbone's learning rate is the schedule's times this (the FC's is "
+                                "the schedule's)"),
+        "freeze_stages": Key(0, (int, str), "backbone stages kept as loaded, from the stem on (0-4), or 'all': only "
+                             "the neck trains"),
+        "head_warmup_steps": Key(0, int, "first steps in which only the classifier learns (backbone not stepped, "
+                                 "its BatchNorm statistics not updated)"),
+        "bn": Key("train", str, "BatchNorm layers: train, frozen_stats (running statistics kept and used) or "
+                  "frozen (statistics and affine parameters kept)", choices=["train", "frozen_stats", "frozen"]),
+        "eval_at_start": Key(True, bool, "evaluate the pretrained model before the first step and log each later "
+                             "evaluation's change against it (needs evaluation sets)"),
     },
     "EMA": {
         "enabled": Key(False, bool, "keep an exponential moving average of the backbone weights (true when an EMA "

@@ -11,6 +11,7 @@ import pickle
 
 import numpy as np
 
+from plsc.data.regular import read_regular
 from plsc.errors import DataError
 from plsc.interop.numpy_pickle import PLAIN_DTYPES, numpy_globals
 from plsc.interop.safe_pickle import BYTES_GLOBALS, Budget, safe_loads
@@ -21,10 +22,7 @@ _HINT = "a verification .bin may only contain byte strings, bools and numpy arra
 
 def safe_load_pickle(path):
     """Unpickle `path` allowing only plain containers, bytes/str, numbers and numpy bool/int/float arrays."""
-    if not os.path.isfile(path):
-        raise DataError(f"file not found: {path}")
-    with open(path, "rb") as f:
-        data = f.read()
+    data = read_regular(path, "verification .bin file")
     # the budget: numpy arrays sharing one pickled bytes object cannot make the images far larger than the file
     allowed = {**numpy_globals(PLAIN_DTYPES, max_ndim=4, budget=Budget(len(data))), **BYTES_GLOBALS}
     return safe_loads(data, path, allowed, DataError, _WHAT, _HINT)
@@ -56,6 +54,27 @@ def _as_flags(issame, path):
                     f"got a {type(issame).__name__} holding other values")
 
 
+REUSE_FACTOR = 256  # referenced image bytes may be at most this many times the file's size
+
+
+def _check_reuse(images, path):
+    """Pairs may share an image object (the pickle memo: LFW's pairs reuse photos), so the budget is the
+    distinct images: their bytes are in the file. What the references add (each one decoded and embedded) is
+    bounded too: at most REUSE_FACTOR x the file's size, so 2 bytes of memo reference cannot stand for
+    an image decoded 100000 times."""
+    size = os.path.getsize(path)
+    distinct, counts = {}, {}
+    for x in images:
+        n = len(x) if isinstance(x, (bytes, bytearray, str)) else getattr(x, "nbytes", 0)
+        distinct[id(x)] = n
+        counts[id(x)] = counts.get(id(x), 0) + 1
+    total = sum(distinct[id(x)] for x in images)
+    if total > REUSE_FACTOR * max(size, 1):
+        raise DataError(f"{path}: its {len(images)} images hold {total} bytes in all, more than {REUSE_FACTOR} x the "
+                        f"file's {size} bytes: {len(distinct)} distinct images, one listed {max(counts.values())} "
+                        f"times (pairs may reuse an image, as LFW's do, but not without bound)")
+
+
 def load_bin(path):
     """Return (list of encoded image bytes [2*P], np.bool_ array issame [P]) from a .bin file."""
     obj = safe_load_pickle(path)
@@ -64,11 +83,8 @@ def load_bin(path):
     images, issame = obj
     if not isinstance(images, (list, tuple)):
         raise DataError(f"{path}: images must be a list, got {type(images).__name__}")
+    _check_reuse(images, path)
     images = [_as_bytes(x, path, i) for i, x in enumerate(images)]
-    total, size = sum(len(b) for b in images), os.path.getsize(path)
-    if total > size:  # one image's bytes referenced many times through the pickle memo: decoded again and again
-        raise DataError(f"{path}: its {len(images)} images hold {total} bytes in all, more than the file's {size}: "
-                        f"the same image bytes are listed many times")
     issame = _as_flags(issame, path)
     if len(images) != 2 * len(issame):
         raise DataError(

@@ -17,6 +17,7 @@ import numpy as np
 from plsc.data.bin import load_bin
 from plsc.data.label_files import read_pair_labels, read_train_labels
 from plsc.data.recordio import IndexedRecordIO, label_of
+from plsc.data.regular import read_regular
 from plsc.data.device_transform import split_for_device
 from plsc.data.transforms import DEFAULT_OPS, SampleRandom, build_transforms
 from plsc.errors import DataError
@@ -53,8 +54,7 @@ class _FaceDataset:
 
 def _read_file(path):
     try:
-        with open(path, "rb") as f:
-            return f.read()
+        return read_regular(path, "image")
     except OSError as e:
         raise DataError(f"cannot read image {path}: {e.strerror}") from None
 

@@ -6,6 +6,7 @@ label.txt (pairs):  `images/00000000_0.png<TAB>images/00000000_1.png<TAB>issame`
 """
 import os
 
+from plsc.data.regular import open_regular
 from plsc.errors import DataError
 
 MAX_LABEL = 2**31 - 1  # class ids are int32-sized (millions of identities, never billions)
@@ -22,9 +23,7 @@ def safe_relpath(rel, where):
 
 
 def _lines(path):
-    if not os.path.isfile(path):
-        raise DataError(f"label file not found: {path}")
-    with open(path, "rb") as f:
+    with open_regular(path, "label file") as f:
         for lineno, raw in enumerate(f, 1):
             try:
                 line = raw.decode("utf-8").rstrip("\r\n")

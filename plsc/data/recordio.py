@@ -21,6 +21,7 @@ import struct
 
 import numpy as np
 
+from plsc.data.regular import check_regular, open_fd, open_regular
 from plsc.errors import DataError
 
 MAGIC = 0xCED7230A
@@ -116,10 +117,8 @@ def parse_record(buf, path, key, offset):
 
 def read_idx(path):
     """-> (keys int64 [N], offsets int64 [N]) in file order; DataError for a missing or bad .idx."""
-    if not os.path.isfile(path):
-        raise DataError(f"index file not found: {path}")
     keys, offs = [], []
-    with open(path, "rb") as f:
+    with open_regular(path, "index file") as f:
         for lineno, raw in enumerate(f, 1):
             line = raw.strip()
             if not line:
@@ -178,8 +177,7 @@ class IndexedRecordIO:
 
     def __init__(self, idx_path, rec_path):
         self.idx_path, self.rec_path = idx_path, rec_path
-        if not os.path.isfile(rec_path):
-            raise DataError(f"record file not found: {rec_path}")
+        check_regular(rec_path, "record file")
         keys, offs = read_idx(idx_path)
         self.size = os.path.getsize(rec_path)
         bad = np.nonzero((offs < 0) | (offs >= self.size))[0]
@@ -208,7 +206,7 @@ class IndexedRecordIO:
 
     def _handle(self):
         if self._pid != os.getpid():
-            self._fd = os.open(self.rec_path, os.O_RDONLY)
+            self._fd = open_fd(self.rec_path, "record file")
             self._pid = os.getpid()
         return self._fd
 

@@ -158,6 +158,11 @@ def _main(args):
     out = os.path.abspath(args.out)
     if os.path.exists(os.path.join(out, "summary.json")) and not args.force:
         raise PlscError(f"{out} already holds a demo run; pass --force to replace it or choose --out")
+    if os.path.isdir(out) and os.listdir(out) and not os.path.isfile(os.path.join(out, "summary.json")):
+        raise PlscError(f"{out} is a folder that does not hold a demo run (no summary.json): not replaced, also "
+                        f"with --force; choose another --out")
+    if os.path.lexists(out) and not os.path.isdir(out):
+        raise PlscError(f"{out} exists and is not a folder; choose another --out")
     shutil.rmtree(out, ignore_errors=True)
     os.makedirs(out)
     t0 = time.time()

@@ -2,7 +2,20 @@
 import json
 import os
 
+from plsc.engine.preflight import check_owned_outputs
 from plsc.errors import ConfigError
+
+EXPORT_FILES = ("inference.json", "inference.pdiparams", "model.onnx", "meta.json")
+
+
+def _export_meta(meta):
+    """meta.json written by plsc-export (plsc.export._write_meta)."""
+    try:
+        with open(meta) as f:
+            info = json.load(f)
+        return isinstance(info, dict) and "plsc_version" in info and "export_type" in info and "files" in info
+    except (OSError, ValueError):
+        return False
 
 
 def _is_exported(path):
@@ -21,6 +34,10 @@ def run_eval(cfg):
     if not path:
         raise ConfigError("plsc-eval needs the model to evaluate: -o Global.pretrained_model=<checkpoint dir, "
                           "exported inference dir or .onnx file>")
+    run_dir = (path if os.path.isdir(path) else os.path.dirname(os.path.abspath(path))) if _is_exported(path) \
+        else os.path.join(cfg["Global"]["output_dir"], cfg["Model"]["name"])
+    check_owned_outputs(run_dir, [RESULTS], (RESULTS_MANIFEST, _results_unchanged), "plsc-eval",
+                        "Global.output_dir" if not _is_exported(path) else "the exported model's folder")
     if _is_exported(path):
         from plsc.inference import load_embedder
 
@@ -28,7 +45,6 @@ def run_eval(cfg):
         log = setup_logger(None, rank)
         evaluator = Evaluator(cfg, rank, world_size, log)
         embed_fn = load_embedder(path)
-        run_dir = path if os.path.isdir(path) else os.path.dirname(os.path.abspath(path))
     else:
         engine = Engine(cfg, mode="eval")
         evaluator, embed_fn, rank, run_dir = engine.evaluator, engine.embed, engine.rank, engine.run_dir
@@ -37,9 +53,39 @@ def run_eval(cfg):
                           "bin_path: lfw.bin}) and Metric.Eval")
     results = evaluator.run(embed_fn)
     if rank == 0:
-        with open(os.path.join(run_dir, "eval_results.json"), "w") as f:
-            json.dump(results, f, indent=1)
+        _write_results(run_dir, results)
     return results
+
+
+RESULTS, RESULTS_MANIFEST = "eval_results.json", "eval_results.manifest.json"
+
+
+def _sha256(path):
+    import hashlib
+
+    with open(path, "rb") as f:
+        return hashlib.sha256(f.read()).hexdigest()
+
+
+def _results_unchanged(manifest):
+    """plsc-eval wrote the eval_results.json beside `manifest` and nobody changed it since."""
+    try:
+        with open(manifest) as f:
+            info = json.load(f)
+        return info.get("written_by") == "plsc-eval" and \
+            info.get("sha256") == _sha256(os.path.join(os.path.dirname(manifest), RESULTS))
+    except (OSError, ValueError, AttributeError):
+        return False
+
+
+def _write_results(run_dir, results):
+    """eval_results.json (written whole, then renamed) and the manifest that marks it as plsc-eval's."""
+    path = os.path.join(run_dir, RESULTS)
+    with open(path + ".tmp", "w") as f:
+        json.dump(results, f, indent=1)
+    os.replace(path + ".tmp", path)
+    with open(os.path.join(run_dir, RESULTS_MANIFEST), "w") as f:
+        json.dump({"written_by": "plsc-eval", "file": RESULTS, "sha256": _sha256(path)}, f, indent=1)
 
 
 def run_export(cfg):
@@ -49,11 +95,12 @@ def run_export(cfg):
 
     if not cfg["Global"]["pretrained_model"]:
         raise ConfigError("plsc-export needs the weights to export: -o Global.pretrained_model=<checkpoint dir>")
+    e = cfg["Export"]
+    out_dir = e["export_dir"] or os.path.join(cfg["Global"]["output_dir"], cfg["Model"]["name"], "export")
+    check_owned_outputs(out_dir, EXPORT_FILES, ("meta.json", _export_meta), "plsc-export", "Export.export_dir")
     engine = Engine(cfg, mode="export")
     if engine.rank != 0:
         return None
-    e = cfg["Export"]
-    out_dir = e["export_dir"] or os.path.join(engine.run_dir, "export")
     return export_model(engine.backbone, out_dir, export_type=e["export_type"],
                         input_shape=tuple(e["input_shape"]), opset_version=e["opset_version"], fp16=e["fp16"],
                         parity_check=e["parity_check"],

@@ -23,7 +23,9 @@ from plsc.engine.builders import apply_flags, build_backbone, build_train_loader
 from plsc.engine.dp import average_running_stats, data_parallel, no_sync
 from plsc.engine.ema import build_ema
 from plsc.engine.evaluation import Evaluator
+from plsc.engine.finetune import FineTune, imprint_classifier
 from plsc.engine.logger import ScalarWriter, setup_logger
+from plsc.engine.preflight import check_start
 from plsc.engine.watchdog import Watchdog
 from plsc.engine.resume import load_pretrained, restore_training, save_training
 from plsc.distributed import barrier, init as init_distributed, shard_range
@@ -37,7 +39,9 @@ from plsc.optim.optimizers import build_optimizer, build_sparse_optimizer, optim
 class Engine:
     def __init__(self, cfg, mode="train"):
         self.cfg, self.mode = cfg, mode
+        self.finetune = None
         g = cfg["Global"]
+        check_start(cfg, mode)  # inputs and outputs, before anything is written or any rank trains
         self.rank, self.world_size = init_distributed()
         self.run_dir = _prepare_run_dir(g["output_dir"], cfg["Model"]["name"], self.rank)
         self.log = setup_logger(self.run_dir, self.rank, f"{mode}.log")
@@ -64,6 +68,8 @@ class Engine:
             load_pretrained(self, g["pretrained_model"])
             if self.ema is not None and mode == "train":
                 self.ema.reset()  # the average starts from the fine-tuning weights
+            if self.finetune is not None and cfg["FineTune"]["imprint"]:
+                imprint_classifier(self.backbone, self.head, self._imprint_batches(), self.log)
         if mode == "train" and g["checkpoint"]:
             restore_training(self, g["checkpoint"])
 
@@ -86,6 +92,8 @@ class Engine:
                               f"DataLoader.Train.sampler.batch_size={batch_size} into micro-batches: it must be "
                               f"<= the batch size")
         self.head = build_head(cfg["Model"], cfg["Loss"]["Train"], g["seed"])
+        # before the optimizer and DataParallel see the backbone: frozen parts take no gradient
+        self.finetune = FineTune(cfg["FineTune"], self.backbone, self.log) if g["finetune"] else None
         self.steps_per_epoch = len(self.sampler)
         self.schedule = build_lr_schedule(cfg["LRScheduler"], self.steps_per_epoch, g["epochs"])
         self._note(*self.schedule.notes, *optimizer_notes(cfg["Optimizer"]))
@@ -109,6 +117,10 @@ class Engine:
         g = self.cfg["Global"]
         self.log.info(f"training {self.cfg['Model']['name']} on {self.world_size} rank(s), global batch "
                       f"{self.global_batch}, {self.steps_per_epoch} steps/epoch, {g['epochs']} epochs")
+        if self.finetune is not None:
+            self.finetune.start(self.state["global_step"])
+            if self.cfg["FineTune"]["eval_at_start"] and self.state["global_step"] == 0:
+                self._evaluate_pretrained()
         while self.state["epoch"] < g["epochs"] and not self._reached_max_step():
             self._train_epoch()
         if self.state.get("last_saved_step") != self.state["global_step"]:
@@ -183,8 +195,10 @@ class Engine:
         if verdict.status:
             plan.raise_for_labels()
         if verdict.ok:
-            self.opt.set_lr(lr)
-            self.opt.step()
+            backbone_lr = lr if self.finetune is None else self.finetune.backbone_lr(lr, st["global_step"])
+            if backbone_lr is not None:  # None: a head-only warm-up step of fine-tuning
+                self.opt.set_lr(backbone_lr)
+                self.opt.step()
             self.fc_opt.step(index, fc_grad, lr, rows=rows)
             if self.ema is not None:
                 self.ema.update()
@@ -273,6 +287,31 @@ class Engine:
     def evaluate(self):
         return self.evaluator.run(self.embed)
 
+    def _evaluate_pretrained(self):
+        """Fine-tuning: the pretrained model's figures before the first step, the baseline of every later eval."""
+        if not self.evaluator.enabled:
+            self.log.warning("FineTune.eval_at_start: no evaluation sets are configured (DataLoader.Eval), so "
+                             "nothing tells whether fine-tuning helps")
+            return
+        from plsc.metrics.evaluator import format_table
+
+        with self.watchdog("evaluation of the pretrained model"):
+            results = self.evaluate()
+        self.state["pretrained_eval"] = {k: {"acc": r["acc"], "std": r["std"]} for k, r in results.items()}
+        self.log.info("pretrained model, before fine-tuning:\n" + format_table(results))
+
+    def _imprint_batches(self):
+        """One pass over this rank's training batches (epoch 0's order), normalized as in training."""
+        self.sampler.set_epoch(0)
+        if hasattr(self.dataset, "set_epoch"):
+            self.dataset.set_epoch(0)
+        batches = iter(self.loader)
+        try:
+            for batch in batches:
+                yield self._images(batch)
+        finally:
+            batches.close()
+
     def _evaluate_and_track(self):
         if not self.evaluator.enabled:
             return
@@ -282,6 +321,8 @@ class Engine:
             results = self.evaluate()
         st["last_eval_step"] = st["global_step"]
         improved = self.evaluator.track(results, st["best"], st["global_step"], self.writer)
+        if "pretrained_eval" in st:
+            self.log.info("against the pretrained model: " + _changes(st["pretrained_eval"], results))
         if improved:
             self.save("best_model")
         e = self.cfg["EMA"]
@@ -356,6 +397,12 @@ def _micro_weights(sizes_list):
     counts = [sum(s) for s in sizes_list]
     total = sum(counts)
     return [c / total for c in counts]
+
+
+def _changes(before, after):
+    """'lfw 0.9500 -> 0.9617 (+0.0117); ...' for the sets of both."""
+    return "; ".join(f"{k} {before[k]['acc']:.4f} -> {r['acc']:.4f} ({r['acc'] - before[k]['acc']:+.4f})"
+                     for k, r in after.items() if k in before)
 
 
 def _fmt_eta(seconds):

@@ -8,8 +8,9 @@ import os
 
 from plsc.engine import checkpoint as ckpt
 from plsc.distributed import barrier
-from plsc.engine.state_io import join_state, layer_arrays, load_layer_arrays, split_state
+from plsc.engine.state_io import join_state, layer_arrays, split_state
 from plsc.errors import CheckpointError
+from plsc.models.loading import load_backbone
 
 
 def save_training(engine, final_dir):
@@ -51,7 +52,7 @@ def restore_training(engine, path):
         raise CheckpointError(f"checkpoint {d} was trained with Model.class_num={state['class_num']} but the "
                               f"config has {engine.cfg['Model']['class_num']}; to fine-tune on new classes use "
                               f"Global.pretrained_model instead of Global.checkpoint")
-    load_layer_arrays(engine.backbone, ckpt.load_arrays(os.path.join(d, "backbone.npz")), f"checkpoint {d}")
+    _load_backbone(engine, ckpt.load_arrays(os.path.join(d, "backbone.npz")), f"checkpoint {d}")
     opt_state = join_state(ckpt.load_arrays(os.path.join(d, "optimizer.npz")),
                            ckpt.load_json(os.path.join(d, "optimizer.json")))
     engine.opt.set_state_dict(opt_state)
@@ -101,6 +102,11 @@ def _load_ema(engine, d, state, what):
     return True
 
 
+def _load_backbone(engine, arrays, source):
+    m = engine.cfg["Model"]
+    load_backbone(engine.backbone, arrays, source, m["name"], m["num_features"])
+
+
 def _is_plsc_prefix(path):
     return not os.path.isdir(path) and (str(path).endswith(".pdparams") or os.path.isfile(f"{path}.pdparams"))
 
@@ -114,10 +120,7 @@ def load_pretrained(engine, path):
         return _load_plsc_prefix(engine, path)
     d = ckpt.resolve(path)
     ckpt.verify(d)
-    missing, unexpected = load_layer_arrays(engine.backbone, ckpt.load_arrays(os.path.join(d, "backbone.npz")),
-                                            f"pretrained model {d}", strict=False)
-    if missing or unexpected:
-        engine.log.warning(f"pretrained model {d}: missing keys {missing}; unexpected keys {unexpected}")
+    _load_backbone(engine, ckpt.load_arrays(os.path.join(d, "backbone.npz")), f"pretrained model {d}")
     engine.log.info(f"loaded backbone weights from {d}")
     state = ckpt.load_json(os.path.join(d, "state.json"))
     if engine.mode != "train":
@@ -145,9 +148,7 @@ def _load_plsc_prefix(engine, path):
     src = load_source(path, model=engine.cfg["Model"]["name"])
     for line in src.notes:
         engine.log.info(f"{path}: {line}")
-    missing, unexpected = load_layer_arrays(engine.backbone, src.backbone, f"PLSC weights {path}", strict=False)
-    if missing or unexpected:
-        engine.log.warning(f"PLSC weights {path}: missing keys {missing}; unexpected keys {unexpected}")
+    _load_backbone(engine, src.backbone, f"PLSC weights {path}")
     engine.log.info(f"loaded backbone weights from the PLSC file {src.path}")
     if engine.mode != "train" or src.fc is None:
         return

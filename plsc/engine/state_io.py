@@ -2,8 +2,6 @@
 import numpy as np
 import paddle
 
-from plsc.errors import CheckpointError
-
 
 def to_numpy(t):
     if isinstance(t, paddle.Tensor):
@@ -13,23 +11,6 @@ def to_numpy(t):
 
 def layer_arrays(layer):
     return {k: to_numpy(v) for k, v in layer.state_dict().items()}
-
-
-def load_layer_arrays(layer, arrays, source, strict=True):
-    """Load arrays into `layer`; shapes must match. Returns (missing, unexpected) key lists."""
-    own = layer.state_dict()
-    missing = [k for k in own if k not in arrays]
-    unexpected = [k for k in arrays if k not in own]
-    if strict and (missing or unexpected):
-        raise CheckpointError(f"{source} does not match the model: missing {missing[:8]}"
-                              f"{'...' if len(missing) > 8 else ''}, unexpected {unexpected[:8]}"
-                              f"{'...' if len(unexpected) > 8 else ''}")
-    for k, v in own.items():
-        if k in arrays and tuple(arrays[k].shape) != tuple(v.shape):
-            raise CheckpointError(f"{source}: parameter '{k}' has shape {list(arrays[k].shape)} in the "
-                                  f"checkpoint but {list(v.shape)} in the model built from the config")
-    layer.set_state_dict({k: paddle.to_tensor(arrays[k]).astype(own[k].dtype) for k in own if k in arrays})
-    return missing, unexpected
 
 
 def split_state(sd, prefix=""):

@@ -9,3 +9,4 @@ IR_18/34/50/101 and IR_SE_50 (AdaFace).
 from plsc.models import face_vit, iresnet, ir, mobilefacenet  # noqa: F401  (registers the builders)
 from plsc.models.common import Backbone, count_params  # noqa: F401
 from plsc.models.complexity import count_macs  # noqa: F401
+from plsc.models.loading import check_backbone_state, load_backbone  # noqa: F401

@@ -13,6 +13,9 @@ import argparse
 import os
 import shutil
 import sys
+import tempfile
+
+import numpy as np
 
 from plsc.engine import checkpoint as ckpt
 from plsc.errors import CheckpointError, PlscError
@@ -33,9 +36,39 @@ def _load_full(src):
     return ckpt.load_arrays(src), None
 
 
-def _check_out(path, force):
-    if os.path.exists(path) and not force:
-        raise PlscError(f"{path} exists; pass --force to overwrite it")
+MERGED_KEYS = {"weight", "class_range"}  # what a merged .npz of this tool holds (plsc.engine.checkpoint)
+
+
+def _check_out(path, force, kind):
+    """--out may replace only what this tool writes: a checkpoint directory (its manifest.json) or a
+    directory of fc_rank<r>.npz shards for `split`, a merged .npz for `merge`."""
+    if not os.path.lexists(path):
+        return
+    if not force:
+        raise PlscError(f"{path} exists; pass --force to overwrite it (only an output of plsc-fc-shards is replaced)")
+    if kind == "merge":
+        if os.path.islink(path) or not os.path.isfile(path) or not _is_merged(path):
+            raise PlscError(f"{path} exists and is not a merged FC .npz written by plsc-fc-shards merge: not "
+                            f"replaced, also with --force; choose another --out")
+        return
+    if os.path.islink(path) or not os.path.isdir(path):
+        raise PlscError(f"{path} exists and is not a directory: not replaced, also with --force")
+    names = os.listdir(path)
+    if os.path.isfile(os.path.join(path, ckpt.MANIFEST)):
+        return  # a checkpoint directory (written with its manifest)
+    if any(not (n.startswith("fc_rank") and n.endswith(".npz")) for n in names):
+        other = next(n for n in names if not (n.startswith("fc_rank") and n.endswith(".npz")))
+        raise PlscError(f"{path} holds {other}, which plsc-fc-shards did not write (neither a checkpoint with "
+                        f"{ckpt.MANIFEST} nor a folder of fc_rank<r>.npz shards): not replaced, also with --force; "
+                        f"choose another --out")
+
+
+def _is_merged(path):
+    try:
+        with np.load(path, allow_pickle=False) as z:
+            return MERGED_KEYS <= set(z.files)
+    except Exception:  # noqa: BLE001  (not an .npz at all)
+        return False
 
 
 def main(argv=None):
@@ -54,36 +87,50 @@ def main(argv=None):
     args = p.parse_args(argv)
     try:
         if args.cmd == "merge":
-            _check_out(args.out, args.force)
+            _check_out(args.out, args.force, "merge")
             full = ckpt.merge_fc_shards(read_shards(args.checkpoint))
             ckpt.save_arrays(args.out, full)
             print(f"wrote {args.out}: {full['weight'].shape[0]} classes x {full['weight'].shape[1]}")
             return 0
-        _check_out(args.out, args.force)
+        _check_out(args.out, args.force, "split")
         full, src_dir = _load_full(args.source)
         shards = ckpt.split_fc_shards(full, args.world_size)
-        tmp = args.out.rstrip("/") + ".tmp"
-        shutil.rmtree(tmp, ignore_errors=True)
-        os.makedirs(tmp)
-        if src_dir is not None:  # a whole checkpoint: copy the rest, new world size, new manifest
-            for name in os.listdir(src_dir):
-                if not name.startswith("fc_rank") and name != ckpt.MANIFEST:
-                    shutil.copy2(os.path.join(src_dir, name), tmp)
-            state = ckpt.load_json(os.path.join(tmp, "state.json"))
-            state["world_size"] = args.world_size
-            ckpt.save_json(os.path.join(tmp, "state.json"), state)
-        for r, shard in enumerate(shards):
-            ckpt.save_arrays(os.path.join(tmp, f"fc_rank{r}.npz"), shard)
-        if os.path.exists(args.out):
-            shutil.rmtree(args.out)
-        os.rename(tmp, args.out)
-        if src_dir is not None:
-            ckpt.commit_existing(args.out, args.world_size)
+        out = args.out.rstrip("/") or args.out
+        tmp = tempfile.mkdtemp(prefix=f".{os.path.basename(out)}.", suffix=".tmp",
+                               dir=os.path.dirname(os.path.abspath(out)))  # new: never a user's folder
+        try:
+            _write_split(tmp, out, src_dir, shards, args.world_size)
+        except BaseException:
+            shutil.rmtree(tmp, ignore_errors=True)
+            raise
         print(f"wrote {args.world_size} shard(s) to {args.out}")
         return 0
     except PlscError as e:
         print(f"plsc-fc-shards: error: {e}", file=sys.stderr)
         return 2
+
+
+def _write_split(tmp, out, src_dir, shards, world_size):
+    """Fill the new temporary folder `tmp` and move it to `out` (an earlier output of this tool moves away first)."""
+    if src_dir is not None:  # a whole checkpoint: copy the rest, new world size, new manifest
+        for name in os.listdir(src_dir):
+            if not name.startswith("fc_rank") and name != ckpt.MANIFEST:
+                shutil.copy2(os.path.join(src_dir, name), tmp)
+        state = ckpt.load_json(os.path.join(tmp, "state.json"))
+        state["world_size"] = world_size
+        ckpt.save_json(os.path.join(tmp, "state.json"), state)
+    for r, shard in enumerate(shards):
+        ckpt.save_arrays(os.path.join(tmp, f"fc_rank{r}.npz"), shard)
+    if src_dir is not None:
+        ckpt.commit_existing(tmp, world_size)
+    os.chmod(tmp, 0o755)
+    aside = None
+    if os.path.exists(out):  # checked by _check_out: an output of this tool
+        aside = tempfile.mkdtemp(prefix=f".{os.path.basename(out)}.", suffix=".old", dir=os.path.dirname(tmp))
+        os.rename(out, os.path.join(aside, "x"))
+    os.rename(tmp, out)
+    if aside is not None:
+        shutil.rmtree(aside, ignore_errors=True)
 
 
 if __name__ == "__main__":

@@ -51,6 +51,17 @@ def report(src, state, out_dir):
     return "\n".join(lines)
 
 
+def check_output(src, source):
+    """The converted arrays load into the backbone plsc builds for them (plsc.models.load_backbone's check)."""
+    from plsc.models.loading import backbone_shapes, check_backbone_state
+
+    kwargs = {"num_features": src.num_features, **(src.model_options or {})}
+    if src.arch_kwargs:
+        kwargs["arch_kwargs"] = src.arch_kwargs
+    check_backbone_state(backbone_shapes(src.model, **kwargs), {k: v.shape for k, v in src.backbone.items()},
+                         f"{source} (converted)", src.model, src.num_features)
+
+
 def main(argv=None):
     p = argparse.ArgumentParser(prog="plsc-import", description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -81,6 +92,7 @@ def main(argv=None):
                 raise PlscError(f"--model {args.model}: not a registered plsc model "
                                 f"(one of {', '.join(sorted(MODELS.names()))})")
         src = load_source(args.source, model=args.model, mask_ratio=args.mask_ratio)
+        check_output(src, args.source)
         state = write_checkpoint(src, args.out, world_size=args.world_size, force=args.force)
         print(report(src, state, args.out), flush=True)
         return 0
