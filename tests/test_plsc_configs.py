@@ -128,12 +128,12 @@ def test_clipping_has_plscs_meaning(always, cmax, scale, norm_after):
 
 def test_keys_without_effect_are_accepted_with_one_line_each(tmp_path):
     out = plsc("train", "-c", SMOKE, "-o", f"Global.output_dir={tmp_path}", "-o", "Global.max_train_step=1",
-               "-o", "Global.use_dali=true", "-o", "Global.finetune=true", "-o", "Global.device=xpu",
+               "-o", "Global.use_dali=true", "-o", "Global.device=xpu",
                "-o", "Global.flags={FLAGS_cudnn_exhaustive_search: 0, FLAGS_max_inplace_grad_add: 4}",
                "-o", "Loss.Eval=[{MarginLoss: {m2: 0.5}}]", "-o", "Metric.Train=[{TopkAcc: {topk: [1, 5]}}]",
                "-o", "LRScheduler.verbose=true", "-o", "DistributedStrategy.recompute=false")
     log = (tmp_path / "IResNet18" / "train.log").read_text()
-    for key in ("Global.use_dali has no effect", "Global.finetune has no effect", "Global.device=xpu",
+    for key in ("Global.use_dali has no effect", "Global.device=xpu",
                 "Global.flags.FLAGS_cudnn_exhaustive_search has no effect on a CPU run",
                 "Loss.Eval has no effect", "Metric.Train is not computed", "LRScheduler.verbose has no effect"):
         assert log.count(key) == 1, (key, log[-3000:])

@@ -1,0 +1,130 @@
+"""Fine-tuning a released model (Global.finetune + the FineTune section), through plsc-train and the Engine."""
+import numpy as np
+import pytest
+
+from dist_utils import launch
+from test_metrics import make_bin
+from test_train import SMOKE, plsc
+
+OWN_DATA = "DataLoader.Train.dataset={name: FaceRandomDataset, num_classes: 12, num_samples: 96}"
+STEM_AND_FIRST_TWO = ("conv1.", "bn1.", "prelu.", "layer1.", "layer2.")
+
+
+@pytest.fixture(scope="module")
+def pretrained(tmp_path_factory):
+    out = tmp_path_factory.mktemp("pretrained")
+    plsc("train", "-c", SMOKE, "-o", f"Global.output_dir={out}", "-o", "Global.max_train_step=4")
+    return out / "IResNet18" / "latest"
+
+
+def _backbone(ckpt_dir):
+    from plsc.engine import checkpoint as ckpt
+
+    return ckpt.load_arrays(str(ckpt_dir / "backbone.npz"))
+
+
+def _finetune(tmp_path, pretrained, *overrides, check=True):
+    return plsc("train", "-c", SMOKE, "-o", f"Global.output_dir={tmp_path}", "-o", f"Global.pretrained_model={pretrained}",
+                "-o", "Global.finetune=true", "-o", "Model.class_num=12", "-o", OWN_DATA, "-o", "Global.epochs=1",
+                *[a for o in overrides for a in ("-o", o)], check=check)
+
+
+def test_frozen_stages_and_frozen_statistics_stay_as_loaded(tmp_path, pretrained):
+    out = _finetune(tmp_path, pretrained, "FineTune.freeze_stages=2", "FineTune.bn=frozen_stats",
+                    "FineTune.backbone_lr_mult=1.0", "Global.max_train_step=3")
+    log = (tmp_path / "IResNet18" / "train.log").read_text()
+    assert "fine-tuning: 2 of 4 backbone stages frozen, BatchNorm frozen_stats" in log, out.stdout[-2000:]
+    before, after = _backbone(pretrained), _backbone(tmp_path / "IResNet18" / "latest")
+    assert before.keys() == after.keys()
+    for k in before:
+        same = np.array_equal(before[k], after[k])
+        if k.startswith(STEM_AND_FIRST_TWO) or k.endswith(("_mean", "_variance")):
+            assert same, f"{k} changed although frozen"
+    moved = [k for k in before if k.startswith(("layer3.", "layer4.", "fc.")) and not k.endswith(("_mean", "_variance"))
+             and not np.array_equal(before[k], after[k])]
+    assert moved, "the unfrozen stages did not train"
+
+
+def test_head_warmup_keeps_the_whole_backbone_then_releases_it(tmp_path, pretrained):
+    _finetune(tmp_path / "a", pretrained, "FineTune.head_warmup_steps=3", "Global.max_train_step=3")
+    warm = _backbone(tmp_path / "a" / "IResNet18" / "latest")
+    before = _backbone(pretrained)
+    assert all(np.array_equal(before[k], warm[k]) for k in before), "the backbone moved during the head-only warm-up"
+    _finetune(tmp_path / "b", pretrained, "FineTune.head_warmup_steps=3", "Global.max_train_step=4")
+    after = _backbone(tmp_path / "b" / "IResNet18" / "latest")
+    assert not all(np.array_equal(before[k], after[k]) for k in before), "step 4 (after the warm-up) did not train"
+    stats = [k for k in before if k.endswith("_mean")]
+    assert not all(np.array_equal(before[k], after[k]) for k in stats), "BatchNorm 'train' updates statistics"
+
+
+def _engine(tmp_path, pretrained, *overrides):
+    from plsc.config import load_config
+    from plsc.engine.engine import Engine
+
+    return Engine(load_config(SMOKE, [f"Global.output_dir={tmp_path}", f"Global.pretrained_model={pretrained}",
+                                      "Model.class_num=12", OWN_DATA, *overrides]))
+
+
+def test_imprinted_rows_are_the_normalized_class_means(tmp_path, pretrained):
+    from plsc.registry import DATASETS
+
+    e = _engine(tmp_path / "ft", pretrained, "Global.finetune=true")
+    rows = e.head.weight.numpy()
+    ref = _engine(tmp_path / "plain", pretrained)  # the same pretrained backbone, no recipe
+    ds = DATASETS.build("FaceRandomDataset", num_classes=12, num_samples=96, seed=7)
+    images = np.stack([ds[i][0] for i in range(len(ds))])
+    labels = np.array([int(ds[i][1]) for i in range(len(ds))])
+    f = ref.embed(images)
+    f /= np.linalg.norm(f, axis=1, keepdims=True)
+    for c in range(12):
+        m = f[labels == c].mean(axis=0)
+        np.testing.assert_allclose(rows[c], m / np.linalg.norm(m), rtol=0, atol=2e-6)
+    assert not np.allclose(ref.head.weight.numpy(), rows, atol=1e-3), "without the recipe the FC starts random"
+
+
+IMPRINT = """
+import sys, numpy as np
+from plsc.env import setup_threads; setup_threads()
+from plsc.config import load_config
+from plsc.engine.engine import Engine
+import paddle.distributed as dist
+out, pretrained = sys.argv[1], sys.argv[2]
+cfg = load_config({smoke!r}, [f"Global.output_dir={{out}}", f"Global.pretrained_model={{pretrained}}",
+                              "Model.class_num=12", {own!r}, "Global.finetune=true"])
+e = Engine(cfg)
+np.save(f"{{out}}/rows_{{dist.get_rank()}}.npy", e.head.weight.numpy())
+"""
+
+
+def test_imprinting_on_two_ranks_equals_one_rank(tmp_path, pretrained):
+    script = tmp_path / "imprint.py"
+    script.write_text(IMPRINT.format(smoke=SMOKE, own=OWN_DATA))
+    one = _engine(tmp_path / "one", pretrained, "Global.finetune=true").head.weight.numpy()
+    launch([script, tmp_path, pretrained], nproc=2, log_dir=tmp_path / "log")
+    two = np.concatenate([np.load(tmp_path / f"rows_{r}.npy") for r in range(2)])  # shards: classes 0-5, 6-11
+    assert two.shape == one.shape
+    np.testing.assert_allclose(two, one, rtol=0, atol=2e-6)
+
+
+def test_a_fine_tuning_run_evaluates_the_pretrained_model_first_and_logs_the_change(tmp_path, pretrained):
+    make_bin(tmp_path / "val.bin", pairs=20)
+    _finetune(tmp_path, pretrained, "Global.max_train_step=2", "Global.eval_during_train=true",
+              "Global.eval_unit=step", "Global.eval_interval=2",
+              f"DataLoader.Eval.dataset={{name: FaceBinDataset, bin_path: {tmp_path / 'val.bin'}}}",
+              "DataLoader.Eval.sampler={name: BatchSampler, batch_size: 8}")
+    log = (tmp_path / "IResNet18" / "train.log").read_text()
+    first = log.index("pretrained model, before fine-tuning:")
+    assert first < log.index("global_step 1 "), "the pretrained model is evaluated before the first step"
+    assert "against the pretrained model: val " in log and " -> " in log
+
+
+@pytest.mark.parametrize("overrides, message", [
+    (["FineTune.freeze_stages=5"], "FineTune.freeze_stages=5: plsc backbones have 4 stages"),
+    (["FineTune.freeze_stages=first"], "FineTune.freeze_stages='first'"),
+    (["FineTune.bn=fixed"], "FineTune.bn"),
+    (["Global.pretrained_model=null"], "Global.finetune is true but Global.pretrained_model is not set"),
+])
+def test_bad_fine_tuning_configs_are_refused_before_any_step(tmp_path, pretrained, overrides, message):
+    out = _finetune(tmp_path, pretrained, *overrides, check=False)
+    assert out.returncode == 2 and message in out.stderr, out.stderr[-2000:]
+    assert "global_step 1 " not in out.stdout + out.stderr
