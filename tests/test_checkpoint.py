@@ -138,7 +138,7 @@ def test_fine_tune_in_process_copies_weights(trained, tmp_path):
     ("flip", "file backbone.npz is corrupt"),
     ("truncate", "file fc_rank0.npz is corrupt"),
     ("no_manifest", "manifest.json"),
-    ("other_model", "parameter 'layer4.0.conv1.weight' has shape [32, 16, 3, 3] in the checkpoint but [48, 16, 3, 3]"),
+    ("other_model", "layer4.0.conv1.weight [32, 16, 3, 3] in the file, [48, 16, 3, 3] in the model"),
 ])
 def test_bad_checkpoints_fail_with_one_clear_message(trained, tmp_path, mutate, message):
     ckpt = tmp_path / "ckpt"

@@ -91,7 +91,8 @@ def configured_shapes(cfg):
 
     from plsc.engine.builders import build_backbone
 
-    with paddle.LazyGuard():
+    # a fresh name scope: the run's own layers keep the parameter names (optimizer state is keyed by them)
+    with paddle.utils.unique_name.guard(), paddle.LazyGuard():
         model = build_backbone(cfg)
     return {k: tuple(v.shape) for k, v in model.state_dict().items()}
 

@@ -23,7 +23,7 @@ def backbone_shapes(name, **kwargs):
 
     key = (name, repr(sorted(kwargs.items())))
     if key not in _shape_cache:
-        with paddle.LazyGuard():
+        with paddle.utils.unique_name.guard(), paddle.LazyGuard():  # the caller's parameter names do not move
             model = MODELS.build(name, **kwargs)
         _shape_cache[key] = {k: tuple(v.shape) for k, v in model.state_dict().items()}
     return _shape_cache[key]
