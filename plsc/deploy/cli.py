@@ -45,7 +45,8 @@ def _embedder(args, faces="largest", model=None):
                     use_gpu=False if args.cpu else None)
 
 
-def _report(result, stream=sys.stderr):
+def _report(result, stream=None):
+    stream = stream or sys.stderr
     for note in getattr(result, "notes", []):
         print(f"warning: {note}", file=stream)
     for status, message in zip(result.status, result.messages):

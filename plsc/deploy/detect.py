@@ -27,7 +27,7 @@ ALIGN_MODES, FACE_MODES = ("auto", "crops", "none"), ("largest", "all")
 DETECT_SIDE = 1280
 
 Face = collections.namedtuple("Face", "crop box landmarks score status")
-_NO_BOX, _NO_LMK = np.full(5, np.nan, np.float32), np.full((5, 2), np.nan, np.float32)
+_NO_BOX, _NO_LMK = np.full(4, np.nan, np.float32), np.full((5, 2), np.nan, np.float32)
 
 
 def build_detector(detector=None):
