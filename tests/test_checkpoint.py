@@ -40,7 +40,6 @@ def _snapshot(out, name):
     return dst
 
 
-@pytest.mark.route  # also run with PLSC_NUMPY_ROUTE=0 (README's test command)
 def test_resume_across_world_sizes_2_to_1_to_2(tmp_path):
     """A 2-rank run resumed on 1 rank, then on 2 again, follows the runs that kept their world size.
 
@@ -119,7 +118,6 @@ def test_fine_tune_loads_fc_only_when_class_num_matches(trained, tmp_path):
     assert losses(same.stdout)[1] < fresh
 
 
-@pytest.mark.route
 def test_fine_tune_in_process_copies_weights(trained, tmp_path):
     from plsc.config import load_config
     from plsc.engine.engine import Engine

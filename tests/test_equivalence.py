@@ -18,8 +18,6 @@ import pytest
 from dist_utils import launch
 from test_train import SMOKE
 
-pytestmark = pytest.mark.route  # also run with PLSC_NUMPY_ROUTE=0 (README's test command)
-
 HERE = os.path.dirname(os.path.abspath(__file__))
 STEPS = 10
 BASE = ["Model.name=SmoothNet", "Model.arch_kwargs={}", "Model.class_num=15",

@@ -20,9 +20,6 @@ HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, HERE)
 import pfc_worker as W  # noqa: E402
 
-pytestmark = pytest.mark.route  # also run with PLSC_NUMPY_ROUTE=0 (README's test command)
-
-
 # ---------------------------------------------------------------- an independent dense reference
 def reference(case):
     """Loss, feature grads and full weight grads of the global batch with one dense FC (plain paddle ops)."""
@@ -229,36 +226,6 @@ def test_accumulated_micro_batches_equal_one_batch_of_the_summed_size():
     assert np.array_equal(bi.numpy(), mi.numpy()) and len(bi.numpy()) == 20
     _close(mg.numpy(), bg.numpy(), rtol=1e-5)
     _close(np.concatenate([t.grad.numpy() for t in xs]), xb.grad.numpy(), rtol=1e-5)
-
-
-@pytest.mark.parametrize("nesterov", [False, True])
-@pytest.mark.parametrize("ratio", [1.0, 0.3])
-def test_numpy_route_equals_paddle_route(monkeypatch, ratio, nesterov):
-    """On CPU rows move and update through numpy views of the tensors; GPUs take Paddle's kernels.
-    Both routes choose the same rows and give the same loss, gradients and updated weights."""
-    import plsc.nn.softmax_ce as ce_mod
-    import plsc.optim.sparse as sp_mod
-
-    def run():
-        cfg = {"num_features": 8, "class_num": 50, "pfc_config": {"sample_ratio": ratio, "model_parallel": True}}
-        head = build_head(cfg, [{"MarginLoss": {"m2": 0.5, "m3": 0.1, "s": 16.0}}], seed=2)
-        opt = SparseMomentum(head.weight, 0.9, 5e-4, use_nesterov=nesterov)
-        rng = np.random.default_rng(3)
-        out = []
-        for _ in range(3):
-            idx, g, loss, xg = _step(head, opt, rng.standard_normal((6, 8)).astype(np.float32),
-                                     rng.integers(0, 50, 6), 0.1)
-            out += [loss, xg, g] + ([] if idx is None else [idx])
-        return out + [head.weight.numpy(), opt.slots["momentum"].numpy()]
-
-    monkeypatch.setattr(ce_mod, "_CHUNK", 16)  # several chunks (and slices at an offset) on both routes
-    monkeypatch.setattr(sp_mod, "_CHUNK", 16)
-    monkeypatch.setenv("PLSC_NUMPY_ROUTE", "1")
-    fast = run()
-    monkeypatch.setenv("PLSC_NUMPY_ROUTE", "0")
-    slow = run()
-    for a, b in zip(fast, slow):
-        _close(a, b, rtol=1e-5, atol=1e-7)
 
 
 @pytest.mark.parametrize("nesterov", [False, True])

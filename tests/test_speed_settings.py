@@ -1,6 +1,6 @@
 """Every setting changed for speed leaves the math unchanged, and CPU-only settings apply only to CPU runs.
 
-- the numpy CPU route (PReLU, PartialFC rows, the device transform) vs the Paddle route (PLSC_NUMPY_ROUTE=0);
+- the CPU fast paths (plsc.cpu_fast: PReLU, the device transform) vs their Paddle bodies;
 - Paddle's multi-tensor Momentum vs the per-tensor update;
 - glibc allocator tuning (PLSC_MALLOC_TUNING) on and off;
 - threads / MKL settings and the allocator tuning are made on CPU runs only.
@@ -11,7 +11,6 @@ import numpy as np
 import paddle
 import pytest
 
-from plsc.config import load_config
 from plsc.models.prelu import PReLU
 from plsc.optim.optimizers import _param_groups
 from plsc.registry import MODELS
@@ -19,46 +18,46 @@ from test_train import SMOKE, losses, plsc
 
 
 @pytest.mark.parametrize("fmt", ["NCHW", "NHWC"])
-def test_prelu_cpu_route_equals_paddles_prelu(monkeypatch, fmt):
+def test_prelu_cpu_path_equals_paddles_prelu(fmt):
+    """plsc.cpu_fast's PReLU body (numpy) vs paddle.nn.PReLU's (what GPUs run): y and dL/dx bit-identical (the
+    same elementwise products), dL/dw within the bound of a float32 sum taken in another order:
+    |error| <= n * 2^-24 * sum_i |g_i * min(x_i, 0)| for the n terms of each channel."""
     rng = np.random.default_rng(0)
     shape = [6, 12, 9, 9] if fmt == "NCHW" else [6, 9, 9, 12]
     x0, g0 = rng.standard_normal(shape).astype(np.float32), rng.standard_normal(shape).astype(np.float32)
     slopes = rng.uniform(-0.5, 1.5, 12).astype(np.float32)
     out = {}
-    for route in ("1", "0"):
-        monkeypatch.setenv("PLSC_NUMPY_ROUTE", route)
+    for body in ("cpu", "paddle"):
         layer = PReLU(12, data_format=fmt)
         layer._weight.set_value(slopes)
         x = paddle.to_tensor(x0, stop_gradient=False)
-        y = layer(x)
+        y = layer(x) if body == "cpu" else paddle.nn.PReLU.forward(layer, x)
         (y * paddle.to_tensor(g0)).sum().backward()
-        out[route] = (y.numpy(), x.grad.numpy(), layer._weight.grad.numpy())
-    fast, ref = out["1"], out["0"]
-    assert np.array_equal(fast[0], ref[0]) and np.array_equal(fast[1], ref[1])  # bit-identical y and dL/dx
-    np.testing.assert_allclose(fast[2], ref[2], rtol=1e-5, atol=1e-6)            # dL/dw: another summation order
+        out[body] = (y.numpy(), x.grad.numpy(), layer._weight.grad.numpy())
+    fast, ref = out["cpu"], out["paddle"]
+    assert np.array_equal(fast[0], ref[0]) and np.array_equal(fast[1], ref[1])
+    axes = (0, 2, 3) if fmt == "NCHW" else (0, 1, 2)
+    terms = np.abs(g0 * np.minimum(x0, 0))
+    n = x0.size // 12
+    assert (np.abs(fast[2] - ref[2]) <= n * 2.0 ** -24 * terms.sum(axis=axes)).all()
     assert list(PReLU(4).state_dict()) == list(paddle.nn.PReLU(4).state_dict()) == ["_weight"]
 
 
-def _run(tmp_path, steps=4):
-    from plsc.engine.engine import Engine
+@pytest.mark.parametrize("layout, flip_code, swap", [("HWC", 1, True), ("CHW", -1, False), ("HWC", 0, False)])
+def test_device_transform_cpu_path_equals_its_paddle_body(layout, flip_code, swap):
+    """plsc.cpu_fast's device-transform body (cv2) vs the Paddle body GPUs run: bit-identical (both compute
+    x * mul + add in float64 from exact uint8 values and round once to float32; flips move values)."""
+    from plsc.data.device_transform import DeviceTransform
+    from plsc.data.transforms import NormalizeImage
 
-    e = Engine(load_config(SMOKE, [f"Global.output_dir={tmp_path}", f"Global.max_train_step={steps}",
-                                   "Model.pfc_config.sample_ratio=0.5"]))
-    seen, step = [], e.train_step
-    e.train_step = lambda b: (lambda loss: (seen.append(loss.item()), loss)[1])(step(b))
-    e.train()
-    return np.array(seen), np.concatenate([p.numpy().ravel() for p in e.backbone.parameters()])
-
-
-def test_engine_steps_equal_on_both_routes(tmp_path, monkeypatch):
-    """A smoke run (PReLU, PartialFC sampling and rows, sparse momentum) on the numpy route and on the Paddle
-    route: the same rows are chosen and the losses agree to fp32 summation order."""
-    monkeypatch.setenv("PLSC_NUMPY_ROUTE", "1")
-    fast_loss, fast_w = _run(tmp_path / "numpy")
-    monkeypatch.setenv("PLSC_NUMPY_ROUTE", "0")
-    ref_loss, ref_w = _run(tmp_path / "paddle")
-    np.testing.assert_allclose(fast_loss, ref_loss, rtol=1e-4)
-    np.testing.assert_allclose(fast_w, ref_w, rtol=0, atol=1e-4 * np.abs(ref_w).max())
+    rng = np.random.default_rng(1)
+    shape = (5, 7, 6, 3) if layout == "HWC" else (5, 3, 7, 6)
+    images = paddle.to_tensor(rng.integers(0, 256, shape).astype(np.uint8))
+    flips = paddle.to_tensor(np.array([1, 0, 1, 1, 0], np.uint8))
+    mul, add = NormalizeImage(mean=[0.485, 0.456, 0.406], std=[0.229, 0.224, 0.225]).exact_coefficients()
+    t = DeviceTransform(layout, swap, flip_code, mul, add)  # float32 coefficients, as NormalizeImage gives
+    fast, ref = t(images, flips).numpy(), t.paddle_body(images, flips).numpy()
+    assert fast.dtype == ref.dtype == np.float32 and np.array_equal(fast, ref)
 
 
 def test_multi_tensor_momentum_is_bit_identical_to_per_tensor():

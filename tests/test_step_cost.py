@@ -10,8 +10,6 @@ from plsc.config import load_config
 from plsc.engine.step_cost import StepCost, dp_buckets
 from test_train import SMOKE
 
-pytestmark = pytest.mark.route  # also run with PLSC_NUMPY_ROUTE=0 (README's test command)
-
 BOUND = 3
 SMALL = ["DataLoader.Train.dataset={name: FaceRandomDataset, num_classes: 16, num_samples: 64}",
          "DataLoader.Train.sampler.batch_size=4", "DataLoader.Train.loader.num_workers=0", "Model.class_num=16"]

@@ -2,7 +2,6 @@
 
     python tools/bench_partial_fc.py                       # the default grid (C x W x ratio), prints a table
     python tools/bench_partial_fc.py --classes 5000000 --world 2 --ratio 0.1 --batch 32 --steps 3
-    python tools/bench_partial_fc.py --routes                # numpy route vs Paddle route (PLSC_NUMPY_ROUTE=0)
 
 Each configuration runs in fresh processes (2 ranks through paddle.distributed.launch for W=2) so
 peak RSS belongs to it alone. One step = PartialFC forward + backward + sparse momentum update
@@ -81,8 +80,7 @@ def one(args):
     row = {"classes": args.classes, "world": world, "ratio": args.ratio, "batch": args.batch, "dim": args.dim,
            "rows_used": k, "step_s": float(np.median(times)), "floor_s": 6 * n * k * args.dim / flops,
            "peak_rss": rss, "persistent_bytes_per_class": (head.weight.size * 4 + opt.slots["momentum"].size * 4)
-           / head.num_local, "init_s": init_s, "loss": loss.item(),
-           "route": "numpy" if os.environ.get("PLSC_NUMPY_ROUTE", "1") != "0" else "paddle"}
+           / head.num_local, "init_s": init_s, "loss": loss.item()}
     if world > 1:
         t = paddle.to_tensor([rss], dtype="int64")
         dist.all_reduce(t, op=dist.ReduceOp.MAX)
@@ -91,12 +89,10 @@ def one(args):
         print("RESULT " + json.dumps(row), flush=True)
 
 
-def run_config(classes, world, ratio, batch, dim, steps, route=None):
+def run_config(classes, world, ratio, batch, dim, steps):
     cmd = [__file__, "--one", "--classes", str(classes), "--ratio", str(ratio), "--batch", str(batch),
            "--dim", str(dim), "--steps", str(steps)]
     env = dict(os.environ)
-    if route is not None:
-        env["PLSC_NUMPY_ROUTE"] = "1" if route == "numpy" else "0"
     if world > 1:
         log_dir = tempfile.mkdtemp(prefix="bench_pfc_")
         full = [sys.executable, "-m", "paddle.distributed.launch", "--nproc_per_node", str(world),
@@ -115,15 +111,15 @@ def run_config(classes, world, ratio, batch, dim, steps, route=None):
 
 
 def table(rows):
-    head = (f"| classes | W | ratio | batch/rank | route | rows used/rank | step (s) | matmul floor (s) | step/floor "
-            f"| peak RSS/rank (GiB) | bytes/class/rank (weight+mom) | vs 8*D |")
-    lines = [head, "|" + "---|" * 12]
+    head = ("| classes | W | ratio | batch/rank | rows used/rank | step (s) | matmul floor (s) | step/floor "
+            "| peak RSS/rank (GiB) | bytes/class/rank (weight+mom) | vs 8*D |")
+    lines = [head, "|" + "---|" * 11]
     for r in rows:
         if "skipped" in r:
-            lines.append(f"| {r['classes']:,} | {r['world']} | {r['ratio']} | {r['batch']} | | | skipped: "
+            lines.append(f"| {r['classes']:,} | {r['world']} | {r['ratio']} | {r['batch']} | | skipped: "
                          f"{r['skipped']} | | | | | |")
             continue
-        lines.append(f"| {r['classes']:,} | {r['world']} | {r['ratio']} | {r['batch']} | {r['route']} | "
+        lines.append(f"| {r['classes']:,} | {r['world']} | {r['ratio']} | {r['batch']} | "
                      f"{r['rows_used']:,} | "
                      f"{r['step_s']:.3f} | {r['floor_s']:.3f} | {r['step_s'] / r['floor_s']:.2f} | "
                      f"{r['peak_rss'] / 2 ** 30:.2f} | {r['persistent_bytes_per_class']:.0f} | "
@@ -141,23 +137,18 @@ def main():
     p.add_argument("--dim", type=int, default=512)
     p.add_argument("--steps", type=int, default=5)
     p.add_argument("--force", action="store_true", help="run even when the memory estimate exceeds 90%% of RAM")
-    p.add_argument("--routes", action="store_true",
-                   help="each configuration with the numpy route and with the Paddle route (what GPUs run)")
     args = p.parse_args()
     if args.one:
         return one(args)
     grid = [(args.classes, args.world, args.ratio)] if args.classes else GRID
-    if args.routes and not args.classes:
-        grid = [(c, w, r) for c in (100_000, 1_000_000) for w in (1,) for r in (1.0, 0.1)]
-    routes = ("numpy", "paddle") if args.routes else (None,)
     rows = []
-    for (classes, world, ratio), route in [(g, r) for g in grid for r in routes]:
+    for classes, world, ratio in grid:
         need = estimate_bytes(classes, world, ratio, args.batch, args.dim) * world
         if need > 0.9 * HOST_BYTES and not args.force:
             rows.append({"classes": classes, "world": world, "ratio": ratio, "batch": args.batch,
                          "skipped": f"needs ~{need / 2 ** 30:.0f} GiB of {HOST_BYTES / 2 ** 30:.0f}"})
         else:
-            rows.append(run_config(classes, world, ratio, args.batch, args.dim, args.steps, route))
+            rows.append(run_config(classes, world, ratio, args.batch, args.dim, args.steps))
         print(table(rows[-1:]).splitlines()[-1], flush=True)
     print()
     print(table(rows))

@@ -2,14 +2,13 @@
 
     python tools/bench_train.py                                   # the default rows, 3 rounds
     python tools/bench_train.py --model IResNet50 --batch 32 --rounds 3 --steps 3
-    python tools/bench_train.py --model IResNet50 --routes both   # numpy CPU route vs the Paddle route
     python tools/bench_train.py --model IResNet50 --profile       # + the per-op profile of one step
 
 Each row runs the Engine (FaceRandomDataset, FP16 O0, Momentum, PartialFC 1.0 over --classes
 classes, fp32) in a fresh process: one warm-up step, then --steps timed steps; the step time is
 their median. Rows are run --rounds times, interleaved (row 1, row 2, ..., row 1, row 2, ...) so a
 busy machine slows every row alike; the table gives the median and the range over the rounds, and
-the settings of each row (classes, batch, threads, layout, numpy route, allocator tuning).
+the settings of each row (classes, batch, threads, layout, allocator tuning).
 """
 import argparse
 import json
@@ -67,8 +66,8 @@ def one(args):
     del paddle
 
 
-def run_row(model, batch, a, route):
-    env = dict(os.environ, PLSC_NUMPY_ROUTE="1" if route == "numpy" else "0")
+def run_row(model, batch, a):
+    env = dict(os.environ)
     cmd = [sys.executable, __file__, "--one", "--model", model, "--batch", str(batch), "--steps", str(a.steps),
            "--classes", str(a.classes), "--layout", a.layout, "--arch-kwargs", a.arch_kwargs]
     if a.profile:
@@ -92,8 +91,6 @@ def main():
     p.add_argument("--rounds", type=int, default=3, help="runs of every row, interleaved")
     p.add_argument("--classes", type=int, default=1000)
     p.add_argument("--layout", default="NCHW", choices=["NCHW", "NHWC"], help="Model.data_format")
-    p.add_argument("--routes", default="numpy", choices=["numpy", "paddle", "both"],
-                   help="PLSC_NUMPY_ROUTE=1 (CPU default) / 0 (what GPUs run) / both")
     p.add_argument("--arch-kwargs", default="")
     p.add_argument("--profile", action="store_true", help="print the per-op profile of one step per row")
     p.add_argument("--one", action="store_true", help=argparse.SUPPRESS)
@@ -101,19 +98,18 @@ def main():
     if a.one:
         return one(a)
     rows = [(a.model, a.batch)] if a.model else ROWS
-    routes = ["numpy", "paddle"] if a.routes == "both" else [a.routes]
-    plan = [(m, b, r) for m, b in rows for r in routes]
+    plan = list(rows)
     results = {k: [] for k in plan}
     for _ in range(a.rounds):
         for key in plan:
-            results[key].append(run_row(*key[:2], a, key[2]))
+            results[key].append(run_row(*key, a))
     tuning = os.environ.get("PLSC_MALLOC_TUNING", "1") != "0"
-    print(f"| backbone | batch | classes | threads | layout | numpy route | malloc tuning | step (s), median "
-          f"[range] of {a.rounds} | images/s, median [range] |\n|---|---|---|---|---|---|---|---|---|")
-    for (model, batch, route), rs in results.items():
+    print(f"| backbone | batch | classes | threads | layout | malloc tuning | step (s), median "
+          f"[range] of {a.rounds} | images/s, median [range] |\n|---|---|---|---|---|---|---|---|")
+    for (model, batch), rs in results.items():
         steps = sorted(r["step_s"] for r in rs)
         ips = sorted(batch / s for s in steps)
-        print(f"| {model} | {batch} | {a.classes} | {rs[0]['threads']} | {a.layout} | {route == 'numpy'} | {tuning} | "
+        print(f"| {model} | {batch} | {a.classes} | {rs[0]['threads']} | {a.layout} | {tuning} | "
               f"{statistics.median(steps):.2f} [{steps[0]:.2f}-{steps[-1]:.2f}] | "
               f"{statistics.median(ips):.2f} [{ips[0]:.2f}-{ips[-1]:.2f}] |", flush=True)
 

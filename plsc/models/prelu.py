@@ -3,9 +3,9 @@
 Paddle's CPU PReLU kernels are ~3x slower than numpy on the same memory (IResNet50, batch 32: the
 24 PReLUs of a training step take 2.7 s of 15 s; `python tools/bench_train.py --profile`). On CPU
 tensors this layer computes forward and backward with numpy through zero-copy views, split over
-the cores by the batch axis; everywhere else (GPU tensors, PLSC_NUMPY_ROUTE=0, static graphs for
-export) it is paddle.nn.PReLU itself. Same parameter (`_weight`), same state dict, same values: the
-forward is bit-identical, the weight gradient sums in another order (fp32 rounding).
+the cores by the batch axis (one of plsc's two CPU fast paths: plsc.cpu_fast); everywhere else (GPU
+tensors, static graphs for export) it is paddle.nn.PReLU itself. Same parameter (`_weight`), same
+state dict, same values: the forward is bit-identical, the weight gradient sums in another order.
 
     dL/dx = g where x > 0, w * g elsewhere;   dL/dw_c = sum over (N, H, W) of g * min(x, 0)
 """
@@ -17,7 +17,7 @@ import paddle
 from paddle import nn
 from paddle.autograd import PyLayer
 
-from plsc.nn.rows import host_view
+from plsc.cpu_fast import host_view
 
 _POOL = None
 

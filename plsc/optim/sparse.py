@@ -24,11 +24,10 @@ one pass over the shard per step, still without a dense gradient tensor.
 An optimizer only updates: `state_dict()` hands its slots to the checkpoint module
 (plsc.engine.checkpoint), which owns the shard files.
 """
-import numpy as np
 import paddle
 
 from plsc.errors import ConfigError
-from plsc.nn.rows import host_view, put_rows, take_rows
+from plsc.nn.rows import put_rows, take_rows
 from plsc.registry import SPARSE_OPTIMIZERS
 
 _CHUNK = 1 << 12  # rows updated at a time: the chunk's rows, slots and gradient stay in cache
@@ -119,23 +118,6 @@ class SparseMomentum(SparseRowOptimizer):
 
     def _update(self, w_rows, slot_rows, g, lr):
         v = slot_rows["momentum"]
-        w_np, v_np, g_np = host_view(w_rows), host_view(v), host_view(g)
-        if w_np is not None and v_np is not None and g_np is not None:  # CPU: numpy on the same memory
-            f = w_np.dtype.type
-            if self.weight_decay:
-                step = w_np * f(self.weight_decay)
-                step += g_np
-            else:
-                step = g_np.copy()
-            v_np *= f(self.momentum)
-            v_np += step
-            if self.use_nesterov:
-                step += v_np * f(self.momentum)
-                step *= f(lr)
-            else:
-                np.multiply(v_np, f(lr), out=step)
-            w_np -= step
-            return w_rows, {"momentum": v}
         if self.weight_decay:
             g = g + self.weight_decay * w_rows
         v = v.scale_(self.momentum).add_(g)
