@@ -138,7 +138,8 @@ def test_keys_without_effect_are_accepted_with_one_line_each(tmp_path):
                 "Loss.Eval has no effect", "Metric.Train is not computed", "LRScheduler.verbose has no effect"):
         assert log.count(key) == 1, (key, log[-3000:])
     assert "FLAGS_max_inplace_grad_add" not in log.split("resolved config")[0]
-    bad = plsc("train", "-c", SMOKE, "-o", f"Global.output_dir={tmp_path}", "-o", "Global.flags={FLAGS_no_such: 1}",
+    bad = plsc("train", "-c", SMOKE, "-o", f"Global.output_dir={tmp_path / 'b'}",  # a run is in tmp_path
+               "-o", "Global.flags={FLAGS_no_such: 1}",
                check=False)
     assert bad.returncode == 2 and "Global.flags.FLAGS_no_such" in bad.stderr
 
