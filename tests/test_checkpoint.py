@@ -48,7 +48,7 @@ def test_resume_across_world_sizes_2_to_1_to_2(tmp_path):
     reduction order (BatchNorm sums over 8 vs 16 images of 112 x 112), which this tiny BN-heavy net
     amplifies to ~1e-5 .. 1e-4 within a few steps.
     """
-    from plsc.engine.checkpoint import merge_fc_shards as merge
+    from plsc.io.fc_shards import merge
     from plsc.tools.fc_shards import read_shards
 
     a = _w2(tmp_path / "a", 4, tmp_path / "log_a")

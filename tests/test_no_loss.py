@@ -213,6 +213,18 @@ def test_fc_shards_force_never_removes_a_folder_it_did_not_write(smoke_ckpt, tmp
     assert sorted(os.listdir(tmp_path)) == ["full.npz", "mine", "w2", "w2.tmp"]
 
 
+def test_import_force_replaces_only_its_own_imports(smoke_ckpt, tmp_path, capsys):
+    from plsc.tools.import_ckpt import main as import_main
+
+    run, _ = smoke_ckpt
+    r18 = os.path.join(ROOT, "tests", "fixtures", "interop", "arcface_r18_thin.pth")
+    before = tree(run)
+    code, _, err = run_cli(import_main, [r18, "--out", str(run), "--force"], capsys)
+    assert code == 2 and "plsc-import did not write" in err and tree(run) == before, err
+    for _ in range(2):  # an earlier import is replaced
+        assert run_cli(import_main, [r18, "--out", str(tmp_path / "imp"), "--force"], capsys)[0] == 0
+
+
 def test_demo_force_does_not_remove_a_folder_that_is_not_a_demo(tmp_path, capsys):
     from plsc.demo.run import main as demo_main
 

@@ -12,7 +12,6 @@ from dist_utils import launch
 from plsc.errors import ConfigError, DataError
 from plsc.nn import build_head
 from plsc.nn.partial_fc import init_rows
-from plsc.engine import checkpoint as ckpt
 from plsc.optim.optimizers import build_sparse_optimizer
 from plsc.optim.sparse import SparseMomentum
 
@@ -288,7 +287,7 @@ def test_sparse_adamw_dense_step_equals_paddle_adamw_and_skips_unsampled_rows():
     # sampled: rows never used keep weight and both moments; the state survives a shard round trip
     cfg = {"num_features": 6, "class_num": 300, "pfc_config": {"sample_ratio": 0.05, "model_parallel": True}}
     head = build_head(cfg, [{"MarginLoss": {}}], seed=9)
-    opt = build_sparse_optimizer({"name": "AdamW", "weight_decay": 0.05}, head.weight)
+    opt = head.set_optimizer(build_sparse_optimizer({"name": "AdamW", "weight_decay": 0.05}, head.weight))
     w0, used = head.weight.numpy().copy(), np.zeros(300, bool)
     for _ in range(3):
         idx, _, _, _ = _step(head, opt, rng.standard_normal((8, 6)).astype(np.float32), rng.integers(0, 300, 8), 0.01)
@@ -296,10 +295,10 @@ def test_sparse_adamw_dense_step_equals_paddle_adamw_and_skips_unsampled_rows():
     assert used.sum() < 300
     assert np.array_equal(head.weight.numpy()[~used], w0[~used])
     assert not opt.slots["moment1"].numpy()[~used].any() and opt.slots["moment2"].numpy()[used].any()
-    shard = ckpt.fc_shard_arrays(head, opt)
+    shard = head.shard_state()
     twin_head = build_head(cfg, [{"MarginLoss": {}}], seed=4)
-    twin = build_sparse_optimizer({"name": "AdamW", "weight_decay": 0.05}, twin_head.weight)
-    ckpt.load_fc_shards(twin_head, twin, [shard])
+    twin = twin_head.set_optimizer(build_sparse_optimizer({"name": "AdamW", "weight_decay": 0.05}, twin_head.weight))
+    twin_head.load_shards([shard])
     assert twin.num_steps == 3 and np.array_equal(twin.slots["moment2"].numpy(), opt.slots["moment2"].numpy())
     assert np.array_equal(twin_head.weight.numpy(), head.weight.numpy()) and twin_head.draws == head.draws
     with pytest.raises(ConfigError, match="Optimizer.name=Lamb: there is no sparse version"):

@@ -3,7 +3,8 @@
     <run_dir>/latest/            (also epoch_N/, best_model/)
         backbone.npz             backbone parameters and buffers (numpy, allow_pickle=False)
         optimizer.npz            dense optimizer tensors; optimizer.json its non-tensor state
-        fc_rank<r>.npz           rank r's FC shard: weight rows, optimizer slot rows, head scalars (below)
+        fc_rank<r>.npz           rank r's FC shard: weight rows, optimizer slot rows, head scalars
+                                 (plsc.io.fc_shards)
         state.json               epoch, step, data position, scaler, best metrics, world size, config
         manifest.json            every file with its size and sha256, plsc version, world size
 
@@ -140,111 +141,4 @@ def prune(run_dir, keep):
         shutil.rmtree(os.path.join(run_dir, d), ignore_errors=True)
 
 
-# ---------------------------------------------------------------- FC shards (fc_rank<r>.npz)
-# One file per rank: `weight` [rows, D] fp32, `class_range` [start, end, C], `replicated`,
-# `optimizer_steps`, the optimizer's per-row slots (`momentum`, or `moment1` + `moment2`) and the
-# head's scalars as `extra.<name>` (sampling draws, AdaFace norm statistics). A saved shard set
-# loads at any world size: each rank takes the rows that overlap its own range.
-
-def fc_shard_arrays(head, head_opt):
-    """This rank's shard file contents."""
-    arrays = {"weight": head.weight.numpy(),
-              "class_range": np.array([head.start, head.end, head.num_classes], dtype=np.int64),
-              "replicated": np.array(not head.model_parallel)}
-    if head_opt is not None:
-        state = head_opt.state_dict()
-        arrays["optimizer_steps"] = np.array(state["num_steps"])
-        arrays.update({name: t.numpy() for name, t in state["slots"].items()})
-    for k, val in head.extra_state().items():
-        arrays[f"extra.{k}"] = np.array(val)
-    return arrays
-
-
-def read_fc_shards(ckpt_dir, world_size):
-    """The saved FC shards of a checkpoint directory one at a time, in rank order (never all in memory)."""
-    for r in range(world_size):
-        yield load_arrays(os.path.join(ckpt_dir, f"fc_rank{r}.npz"))
-
-
-def load_fc_shards(head, head_opt, shards, weights_only=False):
-    """Fill this rank's rows of the head (and of head_opt's slots unless weights_only) from saved shards.
-
-    weights_only (fine-tuning, eval): the weight rows only; the optimizer and the head's scalars
-    start fresh."""
-    import paddle
-
-    w = head.weight.numpy()
-    slots = {} if weights_only or head_opt is None else {n: t.numpy() for n, t in head_opt.state_dict()["slots"].items()}
-    filled = np.zeros(head.num_local, dtype=bool)
-    extra, steps = None, 0
-    for i, s in enumerate(shards):
-        start, end, classes = (x.item() for x in s["class_range"])
-        if classes != head.num_classes or s["weight"].shape[1] != head.num_features:
-            raise CheckpointError(f"FC shard {i}: saved for {classes} classes x {s['weight'].shape[1]} "
-                                  f"features, the config has {head.num_classes} x {head.num_features}")
-        lo, hi = max(start, head.start), min(end, head.end)
-        if lo < hi and not filled[lo - head.start: hi - head.start].all():
-            w[lo - head.start: hi - head.start] = s["weight"][lo - start: hi - start]
-            for name, arr in slots.items():
-                if name not in s:
-                    raise CheckpointError(f"FC shard {i} has no '{name}' state (saved with another optimizer?); "
-                                          f"use Global.pretrained_model to start it fresh")
-                arr[lo - head.start: hi - head.start] = s[name][lo - start: hi - start]
-            filled[lo - head.start: hi - head.start] = True
-        if extra is None:
-            extra = {k[len("extra."):]: s[k].item() for k in s if k.startswith("extra.")}
-            steps = s["optimizer_steps"].item() if "optimizer_steps" in s else 0
-    if not filled.all():
-        missing = np.flatnonzero(~filled)[0] + head.start
-        raise CheckpointError(f"the saved FC shards do not cover class {missing} (shard files missing?)")
-    paddle.assign(paddle.to_tensor(w), output=head.weight)
-    if not weights_only and head_opt is not None:
-        head_opt.set_state_dict({"slots": {n: paddle.to_tensor(a) for n, a in slots.items()}, "num_steps": steps})
-        head.load_extra_state(extra or {})
-
-
-def shard_row_slots(shard):
-    """Names of the per-row optimizer arrays in a shard (momentum; or moment1, moment2)."""
-    return sorted(k for k, v in shard.items() if k != "weight" and getattr(v, "ndim", 0) == 2)
-
-
-def merge_fc_shards(shards):
-    """One shard dict covering all classes (rows in class order) from a list of shards."""
-    first = shards[0]
-    classes = first["class_range"][2].item()
-    if first["replicated"].item():
-        return dict(first)
-    dim = first["weight"].shape[1]
-    rows = ["weight"] + shard_row_slots(first)
-    full = {k: np.empty((classes, dim), np.float32) for k in rows}
-    covered = np.zeros(classes, bool)
-    for i, s in enumerate(shards):
-        start, end, c = (x.item() for x in s["class_range"])
-        if c != classes or s["weight"].shape != (end - start, dim) or shard_row_slots(s) != rows[1:]:
-            raise CheckpointError(f"FC shard {i} does not fit the others ({c} classes, rows [{start}, {end}), "
-                                  f"weight {s['weight'].shape}, state {shard_row_slots(s)})")
-        for k in rows:
-            full[k][start:end] = s[k]
-        covered[start:end] = True
-    if not covered.all():
-        raise CheckpointError(f"the FC shards do not cover class {np.flatnonzero(~covered)[0]}")
-    out = {k: v for k, v in first.items() if k not in rows and k != "class_range"}
-    out.update(full, class_range=np.array([0, classes, classes], np.int64), replicated=np.array(False))
-    return out
-
-
-def split_fc_shards(full, world_size):
-    """Shard dicts for `world_size` ranks (plsc's shard rule) from a merged one."""
-    from plsc.distributed import shard_range
-
-    classes = full["class_range"][2].item()
-    if world_size < 1 or world_size > classes:
-        raise CheckpointError(f"world size must be in [1, {classes}] (the class count), got {world_size}")
-    rows = ["weight"] + shard_row_slots(full)
-    keep = {k: v for k, v in full.items() if k not in rows and k != "class_range"}
-    shards = []
-    for r in range(world_size):
-        start, end = shard_range(classes, r, world_size)
-        shards.append(dict(keep, **{k: full[k][start:end] for k in rows},
-                           class_range=np.array([start, end, classes], np.int64), replicated=np.array(False)))
-    return shards
+# FC shards (fc_rank<r>.npz): their format is built and read in one place, plsc.io.fc_shards.

@@ -31,6 +31,7 @@ from plsc.engine.resume import load_pretrained, restore_training, save_training
 from plsc.distributed import barrier, init as init_distributed, shard_range
 from plsc.errors import ConfigError, PlscError
 from plsc.nn import build_head
+from plsc.nn.storage import FCStorageOverflow
 from plsc.optim.grad_step import GradCheck
 from plsc.optim.lr import build_lr_schedule
 from plsc.optim.optimizers import build_optimizer, build_sparse_optimizer, optimizer_notes
@@ -102,8 +103,9 @@ class Engine:
         self.backbone, self.opt = self.amp.decorate(self.backbone, self.opt,
                                                     excluded_layers=self.backbone.fp32_layers())
         self.model = data_parallel(self.backbone, cfg["DistributedStrategy"]["data_parallel"], self.world_size)
-        self.fc_opt = build_sparse_optimizer(cfg["Optimizer"], self.head.weight,
-                                             every_row=not cfg["Model"]["pfc_config"]["sparse_update"])
+        self.fc_opt = self.head.set_optimizer(build_sparse_optimizer(
+            cfg["Optimizer"], self.head.weight, every_row=not cfg["Model"]["pfc_config"]["sparse_update"],
+            store=self.head.store))
         self.scaler = LossScaler.from_config(cfg["FP16"])
         self.grad_check = GradCheck(self.scaler, clip, self.world_size,
                                     no_unscale=cfg["FP16"]["GradScaler"]["no_unscale_list"])
@@ -187,7 +189,7 @@ class Engine:
                     loss = loss * weights[i]
                 self.scaler.scale(loss).backward()
             total = loss.detach() if total is None else total + loss.detach()
-        index, fc_grad, rows = self.head.sparse_grad()
+        _, fc_grad, _ = self.head.sparse_grad()
         verdict = self.grad_check([(p.name, p.grad) for p in self.backbone.parameters() if not p.stop_gradient],
                                   fc=(self.head.weight_name, fc_grad, self.head.model_parallel), loss=total,
                                   status=plan.label_status())
@@ -199,7 +201,7 @@ class Engine:
             if backbone_lr is not None:  # None: a head-only warm-up step of fine-tuning
                 self.opt.set_lr(backbone_lr)
                 self.opt.step()
-            self.fc_opt.step(index, fc_grad, lr, rows=rows)
+            self._fc_step(lr)
             if self.ema is not None:
                 self.ema.update()
         self.scaler.update(not verdict.ok)
@@ -208,6 +210,16 @@ class Engine:
         self._count_skip(not verdict.ok, total)
         self.last_lr = lr
         return total
+
+    def _fc_step(self, lr):
+        """The classifier's update; float16 class storage out of range: save, then stop (every rank)."""
+        try:
+            self.head.step(lr)
+        except FCStorageOverflow:
+            self.state["global_step"] += 1  # the step's batch was consumed: a resume continues after it
+            self.state["batch_in_epoch"] += 1
+            self.save("latest")
+            raise
 
     def _images(self, batch):
         """(images, labels): uint8 batches (with their flips) normalized on the device, float ones as they are."""

@@ -10,6 +10,7 @@ from plsc.engine import checkpoint as ckpt
 from plsc.distributed import barrier
 from plsc.engine.state_io import join_state, layer_arrays, split_state
 from plsc.errors import CheckpointError
+from plsc.io import fc_shards
 from plsc.models.loading import load_backbone
 
 
@@ -19,7 +20,7 @@ def save_training(engine, final_dir):
         ckpt.begin(final_dir)
     barrier()
     tmp = ckpt.tmp_dir_for(final_dir)
-    ckpt.save_arrays(os.path.join(tmp, f"fc_rank{rank}.npz"), ckpt.fc_shard_arrays(engine.head, engine.fc_opt))
+    fc_shards.write(fc_shards.shard_file(tmp, rank), engine.head.shard_state())
     if rank == 0:
         ckpt.save_arrays(os.path.join(tmp, "backbone.npz"), layer_arrays(engine.backbone))
         if engine.ema is not None:
@@ -56,7 +57,7 @@ def restore_training(engine, path):
     opt_state = join_state(ckpt.load_arrays(os.path.join(d, "optimizer.npz")),
                            ckpt.load_json(os.path.join(d, "optimizer.json")))
     engine.opt.set_state_dict(opt_state)
-    ckpt.load_fc_shards(engine.head, engine.fc_opt, ckpt.read_fc_shards(d, state["world_size"]))
+    engine.head.load_shards(fc_shards.read_all(d, state["world_size"]))
     engine.scaler.set_state_dict(state["scaler"])
     if engine.ema is not None:
         _load_ema(engine, d, state, "resuming")
@@ -135,14 +136,12 @@ def load_pretrained(engine, path):
         engine.log.info(f"pretrained model has {state['class_num']} classes, the config "
                         f"{engine.cfg['Model']['class_num']}: the FC starts fresh")
         return
-    ckpt.load_fc_shards(engine.head, engine.fc_opt, ckpt.read_fc_shards(d, state["world_size"]), weights_only=True)
+    engine.head.load_shards(fc_shards.read_all(d, state["world_size"]), weights_only=True)
     engine.log.info("loaded the FC weights too (same class_num)")
 
 
 def _load_plsc_prefix(engine, path):
     """A PLSC checkpoint prefix, converted in memory as plsc-import would."""
-    import numpy as np
-
     from plsc.interop import load_source
 
     src = load_source(path, model=engine.cfg["Model"]["name"])
@@ -156,6 +155,5 @@ def _load_plsc_prefix(engine, path):
     if src.class_num != classes:
         engine.log.info(f"the PLSC classifier has {src.class_num} classes, the config {classes}: the FC starts fresh")
         return
-    full = {"weight": src.fc, "class_range": np.array([0, classes, classes], np.int64), "replicated": np.array(False)}
-    ckpt.load_fc_shards(engine.head, engine.fc_opt, [full], weights_only=True)
+    engine.head.load_shards(fc_shards.split_weight(src.fc, 1, src.path), weights_only=True)
     engine.log.info(f"loaded the PLSC classifier too ({classes} classes, from {len(src.files) - 1} shard file(s))")

@@ -3,39 +3,26 @@
     write_checkpoint(src, "imported/r50", world_size=2)
 
     backbone.npz      the plsc backbone's state_dict() names, float32
-    fc_rank<r>.npz    (only when the source has a classifier) rank r's rows `shard_range(C, r, W)`:
-                      weight [rows, D] float32, class_range int64 [start, end, C], replicated False,
-                      optimizer_steps 0 (no momentum: loaded weights-only for fine-tuning)
+    fc_rank<r>.npz    (only when the source has a classifier) rank r's rows `shard_range(C, r, W)`
+                      in plsc.io.fc_shards' format: float32 weight, optimizer_steps 0 (no momentum:
+                      loaded weights-only for fine-tuning)
     state.json        model, arch_kwargs, model_options (Model.<key> the weights do not store, e.g. a
                       FaceViT's mask_ratio), num_features, class_num (null without FC), world_size (number
                       of fc files, 0 without FC), imported_from {format, path, files, sha256}, notes, unused
     manifest.json     size and sha256 of every file (plsc.engine.checkpoint.commit_existing)
 
 Everything is written into a temporary sibling and renamed into place, so nothing appears at the
-output path when a step fails. An existing output is replaced (with `force`) only when it is a plsc
-checkpoint directory (it holds manifest.json) or an empty directory: never a file, a symbolic link
-or a folder of other things (`--out ~ --force` is refused).
+output path when a step fails. An existing output is replaced (with `force`) only when it is a checkpoint
+plsc-import wrote (manifest.json, and state.json records `imported_from`) or an empty directory: never
+a file, a symbolic link, a training run's checkpoint or a folder of other things (`--out ~ --force`
+is refused).
 """
 import os
 import shutil
 
-import numpy as np
-
-from plsc.distributed import shard_range
 from plsc.engine import checkpoint as ckpt
 from plsc.errors import CheckpointError, PlscError
-
-
-def fc_shards(fc, world_size, path="the classifier"):
-    classes = fc.shape[0]
-    if not 1 <= world_size <= classes:
-        raise PlscError(f"{path}: --world-size must be in [1, {classes}] (the class count of its classifier), got "
-                        f"{world_size}")
-    for r in range(world_size):
-        start, end = shard_range(classes, r, world_size)
-        yield {"weight": np.ascontiguousarray(fc[start:end], np.float32),
-               "class_range": np.array([start, end, classes], np.int64), "replicated": np.array(False),
-               "optimizer_steps": np.array(0, np.int64)}
+from plsc.io import fc_shards
 
 
 def check_replaceable(out_dir, force):
@@ -45,9 +32,23 @@ def check_replaceable(out_dir, force):
     if os.path.islink(out_dir) or not os.path.isdir(out_dir):
         raise PlscError(f"{out_dir} exists and is not a directory (or is a symbolic link): not replaced, also with "
                         f"--force")
-    if not os.path.isfile(os.path.join(out_dir, "manifest.json")) and os.listdir(out_dir):
+    if not os.listdir(out_dir):
+        return
+    if not os.path.isfile(os.path.join(out_dir, "manifest.json")):
         raise PlscError(f"{out_dir} is a directory that is neither a plsc checkpoint (no manifest.json) nor empty: "
                         f"not replaced, also with --force; choose another --out")
+    if not _imported(out_dir):
+        raise PlscError(f"{out_dir} is a plsc checkpoint that plsc-import did not write (a training run's?): not "
+                        f"replaced, also with --force; choose another --out")
+
+
+def _imported(out_dir):
+    """plsc-import wrote this checkpoint: its state.json records where it was imported from."""
+    try:
+        state = ckpt.load_json(os.path.join(out_dir, "state.json"))
+    except PlscError:
+        return False
+    return isinstance(state, dict) and isinstance(state.get("imported_from"), dict)
 
 
 def state_of(src, world_size):
@@ -64,7 +65,7 @@ def write_checkpoint(src, out_dir, world_size=1, force=False):
     out_dir = out_dir.rstrip("/") or out_dir
     if os.path.lexists(out_dir):
         check_replaceable(out_dir, force)
-    shards = list(fc_shards(src.fc, world_size, src.path)) if src.fc is not None else []
+    shards = list(fc_shards.split_weight(src.fc, world_size, src.path)) if src.fc is not None else []
     state = state_of(src, world_size)
     parent = os.path.dirname(os.path.abspath(out_dir))
     if not os.path.isdir(parent):
@@ -73,7 +74,7 @@ def write_checkpoint(src, out_dir, world_size=1, force=False):
     try:
         ckpt.save_arrays(os.path.join(tmp, "backbone.npz"), src.backbone)
         for r, shard in enumerate(shards):
-            ckpt.save_arrays(os.path.join(tmp, f"fc_rank{r}.npz"), shard)
+            fc_shards.write(fc_shards.shard_file(tmp, r), shard)
         ckpt.save_json(os.path.join(tmp, "state.json"), state)
         ckpt.commit(out_dir, state["world_size"])
     except OSError as e:

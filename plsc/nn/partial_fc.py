@@ -1,27 +1,30 @@
-"""PartialFC: the class-sharded, sampled, margin-softmax classifier.
+"""PartialFC: the class-sharded, sampled, margin-softmax classifier, as one object.
 
-Rank r of W owns the weight rows of classes [start_r, end_r) (C // W each, the first C % W ranks
-one more): `head.weight`, a Paddle parameter ([rows, D] fp32, persistable, `is_distributed` when
-sharded). One optimizer step:
+Rank r of W owns the weight rows of classes [start_r, end_r) (C // W each, the first C % W ranks one
+more): `head.weight`, a Paddle parameter ([rows, D], persistable, `is_distributed` when sharded)
+stored in Model.pfc_config.storage_dtype (float32, or bfloat16 / float16: plsc.nn.storage). The head
+also owns the shard's sparse optimizer (plsc.optim.sparse) and its file form (plsc.io.fc_shards).
+One optimizer step:
 
   1. plan (`head.plan(labels of every micro-batch)`): gather every rank's labels once; choose this
      shard's rows: all of them (sample_ratio 1), or every class that occurs in the step plus
-     uniformly drawn others, K = max(ceil(sample_ratio * rows), min(rows, labels in the step))
-     rows in all, so every positive fits without reading labels back to the host; labels become
-     columns of the chosen rows (-1 where the class lives on another shard). All on the device:
-     random scores (`paddle.uniform` with a seed from (seed, draws, rank)), positives set to 2,
-     the K largest kept. Labels outside [0, C) are ignored and reported by `plan.label_status()`.
+     uniformly drawn others, K rows in all (`num_sample`: ceil(sample_ratio * rows), or sample_num;
+     at least the labels of the step, at most the shard), so every positive fits without reading
+     labels back to the host; labels become columns of the chosen rows (-1 where the class lives on
+     another shard). All on the device: random scores (`paddle.uniform`, seeded by (seed, draws,
+     rank)), positives set to 2, the K largest kept. Labels outside [0, C) are ignored and reported
+     by `plan.label_status()`.
   2. per micro-batch (`head(features, labels, plan, part)`): gather the features (gradient-
      carrying); cosine logits between the normalized features and the normalized chosen rows; the
      margin on each sample's target cosine (on the shard that owns it), times the scale s;
-     softmax cross-entropy with the max and sum-exp all-reduced across shards (fp32). Steps of
-     2 are one layer (plsc.nn.softmax_ce.MarginSoftmaxCE) working in place on the [N, K] logits.
+     softmax cross-entropy with the max and sum-exp all-reduced across shards (float32; plsc.nn.softmax_ce).
+  3. `head.step(lr)`: the sparse optimizer updates the chosen rows and their slots (float32 math,
+     written back in the storage dtype); every other row keeps its bits.
 
-The chosen rows are one copy per step (`plan.rows`), the leaf of the autograd graph: every
+The chosen rows are one float32 copy per step (`plan.rows`), the leaf of the autograd graph: every
 micro-batch's backward adds its [K, D] gradient to it and no dense gradient of the shard is ever
-allocated. `head.sparse_grad()` hands (index, gradient, rows) to the sparse optimizer
-(plsc.optim.sparse), which updates just those rows. With model_parallel false every rank holds
-all C rows and computes the same loss.
+allocated (`head.sparse_grad()` hands it to the engine's gradient check). With model_parallel false
+every rank holds all C rows and computes the same loss.
 """
 import math
 
@@ -29,11 +32,13 @@ import numpy as np
 import paddle
 import paddle.nn.functional as F
 
-from plsc.distributed import (all_gather_sizes, derived_seed, gather_labels, gather_rows, rank, seeded_rng,
+from plsc.distributed import (all_gather_sizes, all_reduce_max_, derived_seed, gather_labels, gather_rows, rank, seeded_rng,
                               shard_range, world_size)
-from plsc.errors import DataError
-from plsc.nn.rows import take_rows, top_k_sorted
+from plsc.errors import CheckpointError, DataError
+from plsc.io import fc_shards
+from plsc.nn.rows import top_k_sorted
 from plsc.nn.softmax_ce import margin_softmax_ce
+from plsc.nn.storage import RowStorage, tensor_from_file
 
 INIT_STD = 0.01
 _INIT_BLOCK = 1 << 16  # classes per init block: the initial weights do not depend on the world size
@@ -59,7 +64,7 @@ class SamplingPlan:
         self.index = index        # int64 [K] ascending, or None: every row of the shard
         self.targets = targets    # per micro-batch: int64 [N_i] local column or -1
         self.sizes = sizes        # per micro-batch: rows each rank contributes
-        self.rows = None          # [K, D] copy of the chosen rows (the autograd leaf), made on first use
+        self.rows = None          # [K, D] float32 copy of the chosen rows (the autograd leaf), made on first use
         self._labels, self._valid, self._classes = labels, valid, num_classes
 
     def label_status(self):
@@ -76,7 +81,8 @@ class SamplingPlan:
 
 
 class PartialFC(paddle.nn.Layer):
-    def __init__(self, num_features, num_classes, margin, sample_ratio=1.0, model_parallel=True, seed=0):
+    def __init__(self, num_features, num_classes, margin, sample_ratio=1.0, model_parallel=True, seed=0,
+                 sample_num=None, storage_dtype="float32"):
         super().__init__()
         self.num_features, self.num_classes = num_features, num_classes
         self.margin, self.sample_ratio, self.model_parallel = margin, float(sample_ratio), model_parallel
@@ -86,24 +92,36 @@ class PartialFC(paddle.nn.Layer):
         else:
             self.start, self.end = 0, num_classes
         rows = self.end - self.start
+        self.storage_dtype = storage_dtype
+        self.store = RowStorage(storage_dtype, first_class=self.start, seed=seed)
         # 'dist' in the name: PLSC's no_clip_list ['dist'] names the classifier, sharded or not
         prefix = f"dist_fc_rank{self.rank}" if model_parallel else "dist_fc_replicated"
         self.weight_name = paddle.utils.unique_name.generate(prefix) + ".w_0"  # dygraph names must be unique
         self.weight = self.create_parameter(
-            [rows, num_features], dtype="float32", attr=paddle.ParamAttr(name=self.weight_name),
+            [rows, num_features], dtype=storage_dtype, attr=paddle.ParamAttr(name=self.weight_name),
             default_initializer=paddle.nn.initializer.Constant(0.0))
         self.weight.is_distributed = bool(model_parallel)
         with paddle.no_grad():
             for a in range(0, rows, _INIT_BLOCK):  # fill in blocks: no second full-size host copy
                 b = min(rows, a + _INIT_BLOCK)
-                self.weight[a:b] = paddle.to_tensor(init_rows(seed, self.start + a, self.start + b, num_features))
-        self.num_sample = rows if self.sample_ratio >= 1.0 else max(1, math.ceil(self.sample_ratio * rows))
+                block = paddle.to_tensor(init_rows(seed, self.start + a, self.start + b, num_features))
+                self.weight[a:b] = block.astype(storage_dtype)  # 16-bit: rounded to nearest once
+        if sample_num is not None:
+            self.num_sample = min(rows, int(sample_num))
+        else:
+            self.num_sample = rows if self.sample_ratio >= 1.0 else max(1, math.ceil(self.sample_ratio * rows))
+        self.optimizer = None   # the shard's sparse optimizer (set_optimizer)
         self.draws = 0          # sampling draws so far (part of the checkpoint: resumed runs sample alike)
         self.last_plan = None   # the plan of the current step (its rows hold the gradient)
 
     @property
     def num_local(self):
         return self.end - self.start
+
+    def set_optimizer(self, optimizer):
+        """The sparse optimizer (plsc.optim.sparse) of this shard; it stores its slots like the weight."""
+        self.optimizer = optimizer
+        return optimizer
 
     # ------------------------------------------------------------------ sampling
     def plan(self, labels_list, sizes_list=None):
@@ -137,6 +155,7 @@ class PartialFC(paddle.nn.Layer):
         return col, here
 
     def _choose_rows(self, shard_col, labels_in_step):
+        # every positive must fit: a step's labels may all be distinct classes of this shard
         k = max(self.num_sample, min(self.num_local, labels_in_step))
         seed = derived_seed(self.seed, 11, self.draws, self.rank if self.model_parallel else 0)
         self.draws += 1
@@ -153,7 +172,7 @@ class PartialFC(paddle.nn.Layer):
         if plan is None:
             plan = self.plan([labels])
         if plan.rows is None:
-            plan.rows = self.weight.detach() if plan.index is None else take_rows(self.weight.detach(), plan.index)
+            plan.rows = self.store.get(self.weight.detach(), plan.index)
             plan.rows.stop_gradient = False
         feats = gather_rows(features.astype("float32"), plan.sizes[part], sum_grads=self.model_parallel)
         target = plan.targets[part]
@@ -183,18 +202,35 @@ class PartialFC(paddle.nn.Layer):
             (dnew,) = paddle.grad([new], [cos])
         return new.detach(), dnew.detach()
 
-    # ------------------------------------------------------------------ gradient
+    # ------------------------------------------------------------------ gradient and update
     def sparse_grad(self):
-        """(index or None, [K, D] gradient, [K, D] rows) of the current step, or None before a backward."""
+        """(index or None, [K, D] float32 gradient, [K, D] rows) of the current step, or None before a backward."""
         plan = self.last_plan
         if plan is None or plan.rows is None or plan.rows.grad is None:
             return None
         return plan.index, plan.rows.grad, plan.rows
 
+    def step(self, lr):
+        """Apply the current step's (checked, unscaled, clipped) gradient to its rows with the optimizer.
+
+        float16 storage: one more small all-reduce and host read per step, for the range verdict."""
+        got = self.sparse_grad()
+        if got is None:
+            return
+        index, grad, rows = got
+        self.optimizer.step(index, grad, lr, rows=rows)
+        flag = self.store.take_overflow()
+        if flag is not None:
+            flag = flag.reshape([1])
+            if self.model_parallel and self.world_size > 1:
+                all_reduce_max_(flag)
+            if flag.item() > 0:
+                raise self.store.overflow_error(f"in optimizer step {self.optimizer.num_steps}")
+
     def clear_sparse_grad(self):
         self.last_plan = None
 
-    # ------------------------------------------------------------------ state
+    # ------------------------------------------------------------------ state (plsc.io.fc_shards)
     def extra_state(self):
         return {"draws": self.draws, **self.margin.state()}
 
@@ -202,9 +238,53 @@ class PartialFC(paddle.nn.Layer):
         self.draws = int(state.get("draws", self.draws))
         self.margin.load_state(state)
 
+    def shard_state(self):
+        """This rank's shard file contents (rows in the storage dtype, as they are)."""
+        arrays = lambda t: fc_shards.to_file_array(t.numpy(), self.storage_dtype)  # noqa: E731
+        opt = None if self.optimizer is None else self.optimizer.state_dict()
+        return fc_shards.build(
+            arrays(self.weight), self.start, self.end, self.num_classes, storage_dtype=self.storage_dtype,
+            replicated=not self.model_parallel, steps=None if opt is None else opt["num_steps"],
+            slots=None if opt is None else {n: arrays(t) for n, t in opt["slots"].items()},
+            extra=self.extra_state())
+
+    def load_shards(self, shards, weights_only=False):
+        """Fill this rank's rows (and the optimizer's unless weights_only) from saved shards of any
+        world size and storage dtype. weights_only (fine-tuning, eval): the optimizer and the head's
+        scalars start fresh."""
+        keys = ["weight"] + ([] if weights_only or self.optimizer is None else sorted(self.optimizer.slot_names))
+        local = {k: np.empty((self.num_local, self.num_features), fc_shards.file_dtype(self.storage_dtype))
+                 for k in keys}
+        filled = np.zeros(self.num_local, dtype=bool)
+        extra, steps = None, 0
+        for i, s in enumerate(shards):
+            start, end, classes = fc_shards.class_range(s)
+            if classes != self.num_classes or s["weight"].shape[1] != self.num_features:
+                raise CheckpointError(f"FC shard {i}: saved for {classes} classes x {s['weight'].shape[1]} "
+                                      f"features, the config has {self.num_classes} x {self.num_features}")
+            lo, hi = max(start, self.start), min(end, self.end)
+            if lo < hi and not filled[lo - self.start: hi - self.start].all():
+                for k in keys:
+                    if k not in s:
+                        raise CheckpointError(f"FC shard {i} has no '{k}' state (saved with another optimizer?); "
+                                              f"use Global.pretrained_model to start it fresh")
+                    local[k][lo - self.start: hi - self.start] = fc_shards.rows_as(
+                        s, k, lo - start, hi - start, self.storage_dtype)
+                filled[lo - self.start: hi - self.start] = True
+            if extra is None:
+                extra, steps = fc_shards.extra_state(s), fc_shards.optimizer_steps(s)
+        if not filled.all():
+            missing = np.flatnonzero(~filled)[0] + self.start
+            raise CheckpointError(f"the saved FC shards do not cover class {missing} (shard files missing?)")
+        tensor = lambda a: tensor_from_file(a, self.storage_dtype)  # noqa: E731
+        paddle.assign(tensor(local["weight"]), output=self.weight)
+        if len(keys) > 1:
+            self.optimizer.set_state_dict({"slots": {k: tensor(local[k]) for k in keys[1:]}, "num_steps": steps})
+            self.load_extra_state(extra or {})
+
     def extra_repr(self):
         return (f"classes={self.num_classes}, rows [{self.start}, {self.end}) on rank {self.rank}/{self.world_size}, "
-                f"sample_ratio={self.sample_ratio}, margin={self.margin}")
+                f"{self.num_sample} sampled per step, storage {self.storage_dtype}, margin={self.margin}")
 
 
 def _split_gathered(gathered, sizes_list, totals):

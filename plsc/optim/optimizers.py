@@ -1,7 +1,7 @@
 """Dense optimizers of the backbone (Momentum, AdamW) and their sparse twins for the FC weight.
 
     opt, clip = build_optimizer(cfg["Optimizer"], backbone, lr, multi_precision=amp.level == "O2")
-    fc_opt = build_sparse_optimizer(cfg["Optimizer"], head.weight)   # same name, same hyper-parameters
+    head.set_optimizer(build_sparse_optimizer(cfg["Optimizer"], head.weight, store=head.store))  # same name, same hyper-parameters
 
 Every dense optimizer registered here has a twin of the same name in SPARSE_OPTIMIZERS
 (plsc/optim/sparse.py) that applies the same rule to the rows of the FC a step used; both get
@@ -139,10 +139,11 @@ def optimizer_notes(cfg):
     return notes
 
 
-def build_sparse_optimizer(cfg, param, every_row=False):
+def build_sparse_optimizer(cfg, param, every_row=False, store=None):
     """The FC weight's optimizer: the twin of Optimizer.name, with the same hyper-parameters.
 
-    every_row: Model.pfc_config.sparse_update false (PLSC's dense update of every row)."""
+    every_row: Model.pfc_config.sparse_update false (PLSC's dense update of every row); store: the head's
+    plsc.nn.storage.RowStorage (its storage dtype; None: float32)."""
     name = cfg["name"]
     if name not in SPARSE_OPTIMIZERS:
         raise ConfigError(f"Optimizer.name={name}: there is no sparse version of it for the PartialFC weight "
@@ -154,4 +155,4 @@ def build_sparse_optimizer(cfg, param, every_row=False):
         settings["weight_decay"] = 0.0  # PLSC names the classifier head.weight
     kwargs = {k: settings[k] for k in accepted if k in settings}
     kwargs["every_row"] = bool(every_row)
-    return cls(param, **kwargs)
+    return cls(param, store=store, **kwargs)

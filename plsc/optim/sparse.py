@@ -1,10 +1,9 @@
 """Sparse optimizers of the PartialFC weight: each step updates only the rows the step used.
 
-    opt = SPARSE_OPTIMIZERS.build("Momentum", head.weight, momentum=0.9, weight_decay=5e-4)
-    index, grad, rows = head.sparse_grad()       # rows R chosen this step, their [K, D] gradient
-    opt.step(index, grad, lr, rows=rows)         # w[R], v[R] updated; every other row untouched
+    opt = head.set_optimizer(SPARSE_OPTIMIZERS.build("Momentum", head.weight, head.store, momentum=0.9))
+    head.step(lr)        # opt.step(index, grad, lr, rows): w[R], v[R] updated; every other row untouched
 
-For the rows R of a step (all rows when sample_ratio is 1), with g their gradient (summed over the
+For the rows R of a step (all rows when every row is sampled), with g their gradient (summed over the
 micro-batches, unscaled, clipped):
 
     Momentum   g += weight_decay * w[R];  v[R] = momentum * v[R] + g
@@ -15,19 +14,20 @@ micro-batches, unscaled, clipped):
 which are paddle.optimizer.Momentum's and AdamW's rules restricted to R. Rows outside R keep
 their weight and optimizer state bit for bit: a row's momentum changes only when the row is
 sampled (arcface_torch's v2 instead decays every row's momentum each step). The weight and the
-slots are the only [rows, D] tensors: 8 bytes x D per class with Momentum, 12 with AdamW.
+slots are the only [rows, D] tensors, all in the head's storage dtype (plsc.nn.storage): per class
+8 x D bytes with Momentum in float32, 4 x D in 16 bits (12 / 6 with AdamW). Rows are read as
+float32, updated in float32 and written back through the storage (16 bits: stochastic rounding).
 
 every_row (Model.pfc_config.sparse_update false, PLSC's dense update): the rule is applied to every
 row each step, with a zero gradient outside R (momentum decays, weight decay shrinks every row):
 one pass over the shard per step, still without a dense gradient tensor.
 
-An optimizer only updates: `state_dict()` hands its slots to the checkpoint module
-(plsc.engine.checkpoint), which owns the shard files.
+An optimizer only updates rows: the head (plsc.nn.partial_fc) saves and loads its slots.
 """
 import paddle
 
 from plsc.errors import ConfigError
-from plsc.nn.rows import put_rows, take_rows
+from plsc.nn.storage import RowStorage
 from plsc.registry import SPARSE_OPTIMIZERS
 
 _CHUNK = 1 << 12  # rows updated at a time: the chunk's rows, slots and gradient stay in cache
@@ -36,59 +36,53 @@ _CHUNK = 1 << 12  # rows updated at a time: the chunk's rows, slots and gradient
 class SparseRowOptimizer:
     slot_names = ()
 
-    def __init__(self, param, weight_decay=0.0, every_row=False):
+    def __init__(self, param, store=None, weight_decay=0.0, every_row=False):
         if not weight_decay >= 0:
             raise ConfigError(f"Optimizer.weight_decay must be >= 0, got {weight_decay}")
         self.param, self.weight_decay, self.every_row = param, float(weight_decay), bool(every_row)
+        self.store = store if store is not None else RowStorage()
         self.slots = {name: paddle.zeros_like(param) for name in self.slot_names}
         self.num_steps = 0
 
     @paddle.no_grad()
     def step(self, index, grad, lr, rows=None):
-        """Apply `grad` ([K, D]) to the rows `index` (int64 tensor, or None for every row).
+        """Apply `grad` ([K, D] float32) to the rows `index` (int64 tensor, or None for every row).
 
-        rows: this step's copy of param[index] (PartialFC's plan.rows): updated in place and
+        rows: this step's float32 copy of param[index] (PartialFC's plan.rows): updated in place and
         written back, so the rows are not gathered a second time."""
         self.num_steps += 1
-        w, total = self.param, grad.shape[0]
         before = None
         if index is not None and self.every_row:  # PLSC's dense update: R's rows as they are now, then every row
-            before = (rows if rows is not None else take_rows(w, index),
-                      {n: take_rows(t, index) for n, t in self.slots.items()})
+            before = (rows if rows is not None else self.store.get(self.param, index),
+                      {n: self.store.get(t, index) for n, t in self.slots.items()})
             self._update_every_row_without_gradient(lr)
-        for a in range(0, total, _CHUNK):  # cache-sized chunks: the passes of the update stay in cache
-            b = min(total, a + _CHUNK)
-            if index is None:
-                w_rows, slot_rows = w[a:b], {n: t[a:b] for n, t in self.slots.items()}
-            elif before is not None:
-                idx = index[a:b]
+        for a in range(0, grad.shape[0], _CHUNK):  # cache-sized chunks: the passes of the update stay in cache
+            b = min(grad.shape[0], a + _CHUNK)
+            idx = None if index is None else index[a:b]
+            if before is not None:
                 w_rows, slot_rows = before[0][a:b], {n: t[a:b] for n, t in before[1].items()}
             else:
-                idx = index[a:b]
-                w_rows = rows[a:b] if rows is not None else take_rows(w, idx)
-                slot_rows = {n: take_rows(t, idx) for n, t in self.slots.items()}
-            new_w, new_slots = self._update(w_rows, slot_rows, grad[a:b], lr)
-            if index is None:
-                _write_back(w, a, w_rows, new_w)
-                for n, t in self.slots.items():
-                    _write_back(t, a, slot_rows[n], new_slots[n])
-            else:
-                for n, t in self.slots.items():
-                    put_rows(t, idx, new_slots[n])
-                put_rows(w, idx, new_w)
+                w_rows = rows[a:b] if rows is not None and index is not None else self.store.get(self.param, idx, a, b)
+                slot_rows = {n: self.store.get(t, idx, a, b) for n, t in self.slots.items()}
+            self._write(idx, a, *self._update(w_rows, slot_rows, grad[a:b], lr))
 
     def _update_every_row_without_gradient(self, lr):
-        w = self.param
-        for a in range(0, w.shape[0], _CHUNK):
-            b = min(w.shape[0], a + _CHUNK)
-            w_rows, slot_rows = w[a:b], {n: t[a:b] for n, t in self.slots.items()}
-            new_w, new_slots = self._update(w_rows, slot_rows, paddle.zeros_like(w_rows), lr)
-            _write_back(w, a, w_rows, new_w)
-            for n, t in self.slots.items():
-                _write_back(t, a, slot_rows[n], new_slots[n])
+        for a in range(0, self.param.shape[0], _CHUNK):
+            b = min(self.param.shape[0], a + _CHUNK)
+            w_rows = self.store.get(self.param, None, a, b)
+            slot_rows = {n: self.store.get(t, None, a, b) for n, t in self.slots.items()}
+            self._write(None, a, *self._update(w_rows, slot_rows, paddle.zeros_like(w_rows), lr), salt=1)
+
+    def _write(self, idx, start, new_w, new_slots, salt=0):
+        """Rows back into storage (16 bits: stochastically rounded). salt: distinct rounding draws per step,
+        per pass and per array."""
+        base = (self.num_steps * 2 + salt) * 8
+        for i, (n, t) in enumerate(self.slots.items()):
+            self.store.put(t, idx, new_slots[n], start, salt=base + 1 + i)
+        self.store.put(self.param, idx, new_w, start, salt=base)
 
     def _update(self, w_rows, slot_rows, g, lr):
-        """-> (new weight rows, {slot: new rows}); may update the given tensors in place and return them."""
+        """-> (new weight rows, {slot: new rows}), float32; may update the given tensors in place."""
         raise NotImplementedError
 
     def state_dict(self):
@@ -100,20 +94,14 @@ class SparseRowOptimizer:
         self.num_steps = int(state["num_steps"])
 
 
-def _write_back(dst, start, view, new):
-    """dst[start:start + len(new)] = new unless `new` is the (in-place updated) view itself."""
-    if new is not view:
-        dst[start:start + new.shape[0]] = new
-
-
 @SPARSE_OPTIMIZERS.register("Momentum")
 class SparseMomentum(SparseRowOptimizer):
     """paddle.optimizer.Momentum (L2 weight decay added to the gradient) on the rows of a step."""
 
     slot_names = ("momentum",)
 
-    def __init__(self, param, momentum=0.9, weight_decay=0.0, use_nesterov=False, every_row=False):
-        super().__init__(param, weight_decay, every_row)
+    def __init__(self, param, store=None, momentum=0.9, weight_decay=0.0, use_nesterov=False, every_row=False):
+        super().__init__(param, store, weight_decay, every_row)
         self.momentum, self.use_nesterov = float(momentum), bool(use_nesterov)
 
     def _update(self, w_rows, slot_rows, g, lr):
@@ -131,8 +119,8 @@ class SparseAdamW(SparseRowOptimizer):
 
     slot_names = ("moment1", "moment2")
 
-    def __init__(self, param, beta1=0.9, beta2=0.999, epsilon=1e-8, weight_decay=0.0, every_row=False):
-        super().__init__(param, weight_decay, every_row)
+    def __init__(self, param, store=None, beta1=0.9, beta2=0.999, epsilon=1e-8, weight_decay=0.0, every_row=False):
+        super().__init__(param, store, weight_decay, every_row)
         self.beta1, self.beta2, self.epsilon = float(beta1), float(beta2), float(epsilon)
 
     def _update(self, w_rows, slot_rows, g, lr):

@@ -19,21 +19,22 @@ import numpy as np
 
 from plsc.engine import checkpoint as ckpt
 from plsc.errors import CheckpointError, PlscError
+from plsc.io import fc_shards
 
 
 def read_shards(ckpt_dir):
     """The saved shards of a checkpoint directory, verified against its manifest, in rank order."""
     d = ckpt.resolve(ckpt_dir)
     manifest = ckpt.verify(d)
-    return list(ckpt.read_fc_shards(d, manifest["world_size"]))
+    return list(fc_shards.read_all(d, manifest["world_size"]))
 
 
 def _load_full(src):
     if os.path.isdir(src) or os.path.isdir(src.rstrip("/") + ".old"):
-        return ckpt.merge_fc_shards(read_shards(src)), ckpt.resolve(src)
+        return fc_shards.merge(read_shards(src)), ckpt.resolve(src)
     if not os.path.isfile(src):
         raise CheckpointError(f"not found: {src} (expected a checkpoint directory or a merged .npz)")
-    return ckpt.load_arrays(src), None
+    return fc_shards.read(src), None
 
 
 MERGED_KEYS = {"weight", "class_range"}  # what a merged .npz of this tool holds (plsc.engine.checkpoint)
@@ -88,13 +89,13 @@ def main(argv=None):
     try:
         if args.cmd == "merge":
             _check_out(args.out, args.force, "merge")
-            full = ckpt.merge_fc_shards(read_shards(args.checkpoint))
-            ckpt.save_arrays(args.out, full)
+            full = fc_shards.merge(read_shards(args.checkpoint))
+            fc_shards.write(args.out, full)
             print(f"wrote {args.out}: {full['weight'].shape[0]} classes x {full['weight'].shape[1]}")
             return 0
         _check_out(args.out, args.force, "split")
         full, src_dir = _load_full(args.source)
-        shards = ckpt.split_fc_shards(full, args.world_size)
+        shards = fc_shards.split(full, args.world_size)
         out = args.out.rstrip("/") or args.out
         tmp = tempfile.mkdtemp(prefix=f".{os.path.basename(out)}.", suffix=".tmp",
                                dir=os.path.dirname(os.path.abspath(out)))  # new: never a user's folder
@@ -120,7 +121,7 @@ def _write_split(tmp, out, src_dir, shards, world_size):
         state["world_size"] = world_size
         ckpt.save_json(os.path.join(tmp, "state.json"), state)
     for r, shard in enumerate(shards):
-        ckpt.save_arrays(os.path.join(tmp, f"fc_rank{r}.npz"), shard)
+        fc_shards.write(fc_shards.shard_file(tmp, r), shard)
     if src_dir is not None:
         ckpt.commit_existing(tmp, world_size)
     os.chmod(tmp, 0o755)

@@ -73,7 +73,7 @@ def main(argv=None):
                         "default: the plsc model's default; 0 drops the file's mask token)")
     p.add_argument("--world-size", type=int, default=1, help="split the classifier (if any) for this many ranks")
     p.add_argument("--force", action="store_true",
-                   help="replace an existing --out (only a plsc checkpoint directory or an empty directory)")
+                   help="replace an existing --out (only an earlier plsc-import output or an empty directory)")
     args = p.parse_args(argv)
     setup_threads()
     from plsc.errors import PlscError

@@ -1,0 +1,1 @@
+"""File formats plsc writes and reads (below nn / interop / engine: imports nothing of them)."""
