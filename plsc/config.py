@@ -351,6 +351,7 @@ def load_config(path, overrides=()):
     cfg = Config(validate(raw))
     check_finite(cfg)
     check_finetune(cfg)
+    check_distill(cfg)
     cfg.notes = _notes(raw)
     return cfg
 
@@ -366,6 +367,12 @@ def check_finite(node, path=""):
         if isinstance(v, float) and not math.isfinite(v):
             raise ConfigError(f"{p}: {v} is not a finite number (a run cannot train with it); set a finite value")
         check_finite(v, p)
+
+
+def check_distill(cfg):
+    d = cfg["Distill"]
+    if d["teacher"] is not None and not d["weight"] > 0:
+        raise ConfigError(f"Distill.weight must be > 0 when Distill.teacher is set, got {d['weight']}")
 
 
 def check_finetune(cfg):

@@ -194,6 +194,13 @@ SCHEMA = {
         "eval_at_start": Key(True, bool, "evaluate the pretrained model before the first step and log each later "
                              "evaluation's change against it (needs evaluation sets)"),
     },
+    "Distill": {
+        "teacher": Key(None, OPT_STR, "a plsc checkpoint directory (plsc-train's or plsc-import's, any backbone) "
+                       "whose embeddings the trained backbone also learns; null: no distillation"),
+        "loss": Key("cosine", str, "per sample: cosine (1 - cos(student, teacher)) or l2 (mean squared error)",
+                    choices=["cosine", "l2"]),
+        "weight": Key(1.0, NUM, "the distillation loss is added to the margin loss times this"),
+    },
     "EMA": {
         "enabled": Key(False, bool, "keep an exponential moving average of the backbone weights (true when an EMA "
                        "section is given, as in PLSC); saved and resumed with the checkpoints; plsc-eval / "

@@ -1,4 +1,7 @@
-"""Fine-tuning a released model (Global.finetune + the FineTune section), through plsc-train and the Engine."""
+"""Fine-tuning a released model (Global.finetune + the FineTune section) and distillation (Distill), through
+plsc-train and the Engine."""
+import re
+
 import numpy as np
 import pytest
 
@@ -82,28 +85,38 @@ def test_imprinted_rows_are_the_normalized_class_means(tmp_path, pretrained):
     assert not np.allclose(ref.head.weight.numpy(), rows, atol=1e-3), "without the recipe the FC starts random"
 
 
-IMPRINT = """
+TWO_RANKS = """
 import sys, numpy as np
 from plsc.env import setup_threads; setup_threads()
 from plsc.config import load_config
 from plsc.engine.engine import Engine
-import paddle.distributed as dist
+import paddle, paddle.distributed as dist
 out, pretrained = sys.argv[1], sys.argv[2]
-cfg = load_config({smoke!r}, [f"Global.output_dir={{out}}", f"Global.pretrained_model={{pretrained}}",
+cfg = load_config({smoke!r}, [f"Global.output_dir={{out}}/ft", f"Global.pretrained_model={{pretrained}}",
                               "Model.class_num=12", {own!r}, "Global.finetune=true"])
 e = Engine(cfg)
 np.save(f"{{out}}/rows_{{dist.get_rank()}}.npy", e.head.weight.numpy())
+cfg = load_config({smoke!r}, [f"Global.output_dir={{out}}/kd", f"Distill.teacher={{pretrained}}",
+                              "Model.num_features=16", "Global.max_train_step=3"])
+e = Engine(cfg); e.train()
+flat = paddle.concat([p.reshape([-1]) for p in [*e.backbone.parameters(), e.distiller.proj.weight]])
+g = []; dist.all_gather(g, flat)
+assert np.array_equal(g[0].numpy(), g[1].numpy()), 'ranks diverged'
+print('IDENTICAL')
 """
 
 
-def test_imprinting_on_two_ranks_equals_one_rank(tmp_path, pretrained):
-    script = tmp_path / "imprint.py"
-    script.write_text(IMPRINT.format(smoke=SMOKE, own=OWN_DATA))
+def test_two_ranks_imprint_as_one_rank_and_distill_with_one_projection(tmp_path, pretrained):
+    """Imprinting gathers every rank's features, each rank keeping its shard's classes: the shards of 2 ranks
+    are the 1-rank rows; distilling with a projection (outside DataParallel) keeps the ranks identical."""
+    script = tmp_path / "two_ranks.py"
+    script.write_text(TWO_RANKS.format(smoke=SMOKE, own=OWN_DATA))
     one = _engine(tmp_path / "one", pretrained, "Global.finetune=true").head.weight.numpy()
     launch([script, tmp_path, pretrained], nproc=2, log_dir=tmp_path / "log")
     two = np.concatenate([np.load(tmp_path / f"rows_{r}.npy") for r in range(2)])  # shards: classes 0-5, 6-11
     assert two.shape == one.shape
     np.testing.assert_allclose(two, one, rtol=0, atol=2e-6)
+    assert "IDENTICAL" in (tmp_path / "log" / "workerlog.0").read_text()
 
 
 def test_a_fine_tuning_run_evaluates_the_pretrained_model_first_and_logs_the_change(tmp_path, pretrained):
@@ -122,9 +135,69 @@ def test_a_fine_tuning_run_evaluates_the_pretrained_model_first_and_logs_the_cha
     (["FineTune.freeze_stages=5"], "FineTune.freeze_stages=5: plsc backbones have 4 stages"),
     (["FineTune.freeze_stages=first"], "FineTune.freeze_stages='first'"),
     (["FineTune.bn=fixed"], "FineTune.bn"),
+    (["FineTune.backbone_lr_mult=-1"], "FineTune.backbone_lr_mult must be >= 0"),
     (["Global.pretrained_model=null"], "Global.finetune is true but Global.pretrained_model is not set"),
+    (["Global.finetune=false", "Distill.teacher=x", "Distill.weight=0"], "Distill.weight must be > 0"),
 ])
-def test_bad_fine_tuning_configs_are_refused_before_any_step(tmp_path, pretrained, overrides, message):
-    out = _finetune(tmp_path, pretrained, *overrides, check=False)
-    assert out.returncode == 2 and message in out.stderr, out.stderr[-2000:]
+def test_bad_fine_tuning_configs_are_refused_at_load(tmp_path, overrides, message):
+    from plsc.config import load_config
+    from plsc.errors import ConfigError
+
+    with pytest.raises(ConfigError, match=re.escape(message)):
+        load_config(SMOKE, [f"Global.output_dir={tmp_path}", "Global.pretrained_model=somewhere",
+                            "Global.finetune=true", *overrides])
+
+
+def test_a_bad_fine_tuning_config_ends_plsc_train_before_any_step(tmp_path, pretrained):
+    out = _finetune(tmp_path, pretrained, "FineTune.freeze_stages=5", check=False)
+    assert out.returncode == 2 and "FineTune.freeze_stages=5: plsc backbones have 4 stages" in out.stderr
+    assert "global_step 1 " not in out.stdout + out.stderr
+
+
+# ----------------------------------------------------------------------------------------- distillation
+DISTILL_LINE = r"distillation \(cosine x 1\) ([0-9.]+) at step (\d+)"
+
+
+def test_distillation_loss_falls_the_teacher_stays_and_the_projection_is_not_exported(tmp_path, pretrained):
+    from plsc.config import load_config
+    from plsc.engine.engine import Engine
+    from plsc.engine.state_io import layer_arrays
+
+    e = Engine(load_config(SMOKE, [f"Global.output_dir={tmp_path}", f"Distill.teacher={pretrained}",
+                                   "Model.num_features=16", "Global.max_train_step=12"]))
+    assert e.distiller.proj is not None and e.distiller.proj.weight.shape == [16, 32]
+    teacher_before = layer_arrays(e.distiller.teacher)
+    assert all(np.array_equal(teacher_before[k], v) for k, v in _backbone(pretrained).items()), "loaded strictly"
+    e.train()
+    teacher_after = layer_arrays(e.distiller.teacher)
+    assert all(np.array_equal(teacher_before[k], teacher_after[k]) for k in teacher_before), "the teacher moved"
+    values = [float(v) for v, _ in re.findall(DISTILL_LINE, (tmp_path / "IResNet18" / "train.log").read_text())]
+    assert len(values) == 12 and np.mean(values[-3:]) < np.mean(values[:3]), values
+    saved = tmp_path / "IResNet18" / "latest"
+    assert set(_backbone(saved)) == set(layer_arrays(e.backbone)), "the checkpoint's backbone is the student alone"
+    assert (saved / "distill.npz").is_file()
+
+
+def test_a_teacher_fed_other_pixels_is_refused(tmp_path):
+    import subprocess
+    import sys
+
+    import cv2
+
+    from test_interop import R18
+
+    r = subprocess.run([sys.executable, "-m", "plsc.tools.import_ckpt", R18, "--out", str(tmp_path / "teacher")],
+                       capture_output=True, text=True, timeout=600)
+    assert r.returncode == 0, r.stderr[-2000:]
+    for k in range(4):
+        cv2.imwrite(str(tmp_path / f"{k}.jpg"), np.full((112, 112, 3), 40 * k, np.uint8))
+    (tmp_path / "label.txt").write_text("".join(f"{k}.jpg\t{k % 2}\n" for k in range(4)))
+    imagenet = "transform_ops: [{DecodeImage: {to_rgb: true}}, {NormalizeImage: {mean: [0.485, 0.456, 0.406], " \
+               "std: [0.229, 0.224, 0.225]}}, {ToCHWImage: null}]"
+    out = plsc("train", "-c", SMOKE, "-o", f"Global.output_dir={tmp_path / 'o'}", "-o", "Model.class_num=2",
+               "-o", f"Distill.teacher={tmp_path / 'teacher'}", "-o", "DataLoader.Train.sampler.batch_size=2",
+               "-o", f"DataLoader.Train.dataset={{name: FaceIdentificationDataset, image_root: {tmp_path}, "
+                     f"cls_label_path: {tmp_path / 'label.txt'}, {imagenet}}}", check=False)
+    assert out.returncode == 2, out.stderr[-2000:]
+    assert "the teacher would see other pixels than it was trained on" in out.stderr, out.stderr[-2000:]
     assert "global_step 1 " not in out.stdout + out.stderr

@@ -23,6 +23,7 @@ from plsc.engine.builders import apply_flags, build_backbone, build_train_loader
 from plsc.engine.dp import average_running_stats, data_parallel, no_sync
 from plsc.engine.ema import build_ema
 from plsc.engine.evaluation import Evaluator
+from plsc.engine.distill import Distiller
 from plsc.engine.finetune import FineTune, imprint_classifier
 from plsc.engine.logger import ScalarWriter, setup_logger
 from plsc.engine.preflight import check_start
@@ -40,7 +41,7 @@ from plsc.optim.optimizers import build_optimizer, build_sparse_optimizer, optim
 class Engine:
     def __init__(self, cfg, mode="train"):
         self.cfg, self.mode = cfg, mode
-        self.finetune = None
+        self.finetune = self.distiller = None
         g = cfg["Global"]
         check_start(cfg, mode)  # inputs and outputs, before anything is written or any rank trains
         self.rank, self.world_size = init_distributed()
@@ -95,10 +96,11 @@ class Engine:
         self.head = build_head(cfg["Model"], cfg["Loss"]["Train"], g["seed"])
         # before the optimizer and DataParallel see the backbone: frozen parts take no gradient
         self.finetune = FineTune(cfg["FineTune"], self.backbone, self.log) if g["finetune"] else None
+        self.distiller = Distiller(cfg["Distill"], cfg, self.log) if cfg["Distill"]["teacher"] else None
         self.steps_per_epoch = len(self.sampler)
         self.schedule = build_lr_schedule(cfg["LRScheduler"], self.steps_per_epoch, g["epochs"])
         self._note(*self.schedule.notes, *optimizer_notes(cfg["Optimizer"]))
-        self.opt, clip = build_optimizer(cfg["Optimizer"], self.backbone, self.schedule(0),
+        self.opt, clip = build_optimizer(cfg["Optimizer"], _dense_trained(self.backbone, self.distiller), self.schedule(0),
                                          multi_precision=self.amp.level == "O2")
         self.backbone, self.opt = self.amp.decorate(self.backbone, self.opt,
                                                     excluded_layers=self.backbone.fp32_layers())
@@ -185,12 +187,18 @@ class Engine:
                 with self.amp.autocast():
                     features = self.model(images)
                 loss = self.head(features, labels, plan, i)
+                if self.distiller is not None:
+                    loss = loss + self.distiller.loss(features, images)
                 if len(micro) > 1:
                     loss = loss * weights[i]
                 self.scaler.scale(loss).backward()
             total = loss.detach() if total is None else total + loss.detach()
         _, fc_grad, _ = self.head.sparse_grad()
-        verdict = self.grad_check([(p.name, p.grad) for p in self.backbone.parameters() if not p.stop_gradient],
+        dense = [p for p in self.backbone.parameters() if not p.stop_gradient]
+        if self.distiller is not None:
+            self.distiller.sync_grads(self.world_size)
+            dense += self.distiller.parameters()
+        verdict = self.grad_check([(p.name, p.grad) for p in dense],
                                   fc=(self.head.weight_name, fc_grad, self.head.model_parallel), loss=total,
                                   status=plan.label_status())
         lr = self.schedule(st["global_step"])
@@ -259,6 +267,9 @@ class Engine:
             steps_left = min(steps_left, g["max_train_step"] - step)
         if step % g["print_batch_step"] == 0 or step == 1 or steps_left == 0:  # first, every N-th and last step
             value = loss.item()  # the loss is read back on logging steps only
+            if self.distiller is not None:
+                self.log.info(f"distillation ({self.distiller.kind} x {self.distiller.weight:g}) "
+                              f"{self.distiller.last.item():.6f} at step {step}")
             rc, bc = timer.averages()
             ips = self.global_batch / bc if bc > 0 else 0.0
             self.log.info(
@@ -409,6 +420,15 @@ def _micro_weights(sizes_list):
     counts = [sum(s) for s in sizes_list]
     total = sum(counts)
     return [c / total for c in counts]
+
+
+def _dense_trained(backbone, distiller):
+    """What the dense optimizer steps: the backbone, and a distillation projection when there is one."""
+    if distiller is None or distiller.proj is None:
+        return backbone
+    both = paddle.nn.Layer()
+    both.backbone, both.distill_proj = backbone, distiller.proj
+    return both
 
 
 def _changes(before, after):

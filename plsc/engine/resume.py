@@ -25,6 +25,8 @@ def save_training(engine, final_dir):
         ckpt.save_arrays(os.path.join(tmp, "backbone.npz"), layer_arrays(engine.backbone))
         if engine.ema is not None:
             ckpt.save_arrays(os.path.join(tmp, "ema.npz"), engine.ema.arrays())
+        if engine.distiller is not None and engine.distiller.arrays():
+            ckpt.save_arrays(os.path.join(tmp, "distill.npz"), engine.distiller.arrays())
         arrays, rest = split_state(engine.opt.state_dict())
         ckpt.save_arrays(os.path.join(tmp, "optimizer.npz"), arrays)
         ckpt.save_json(os.path.join(tmp, "optimizer.json"), rest)
@@ -57,6 +59,12 @@ def restore_training(engine, path):
     opt_state = join_state(ckpt.load_arrays(os.path.join(d, "optimizer.npz")),
                            ckpt.load_json(os.path.join(d, "optimizer.json")))
     engine.opt.set_state_dict(opt_state)
+    if engine.distiller is not None and engine.distiller.proj is not None:
+        path = os.path.join(d, "distill.npz")
+        if not os.path.isfile(path):
+            raise CheckpointError(f"checkpoint {d} has no distillation projection (distill.npz): it was not "
+                                  f"trained with this Distill section")
+        engine.distiller.load_arrays(ckpt.load_arrays(path), path)
     engine.head.load_shards(fc_shards.read_all(d, state["world_size"]))
     engine.scaler.set_state_dict(state["scaler"])
     if engine.ema is not None:
