@@ -156,6 +156,10 @@ SCHEMA = {
         "class_num": Key(93431, int, "number of identities"),
         "pfc_config": {
             "sample_ratio": Key(1.0, NUM, "PartialFC: fraction of each class shard sampled per step, in (0, 1]"),
+            "sample_num": Key(None, OPT_INT, "PartialFC: rows sampled per rank per step (>= 1), instead of "
+                              "sample_ratio (leave that at 1.0): a step's cost stops growing with the classes. Rule: "
+                              "K = min(shard rows, max(sample_num, labels of the step)): every positive is kept, "
+                              "a shard smaller than sample_num uses all its rows; null: use sample_ratio"),
             "model_parallel": Key(False, bool, "shard the FC by class across ranks (false: replicate it; PLSC's "
                                   "default)"),
             "sparse_update": Key(True, bool, "update only the rows a step used; false: PLSC's dense update (every "

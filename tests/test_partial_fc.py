@@ -340,3 +340,26 @@ def test_tuned_allocator_reuses_freed_memory(mode):
         assert third < first // 10
     else:
         assert third > first // 2
+
+
+def test_sample_num_fixes_the_rows_per_step_keeps_positives_and_refuses_ambiguity():
+    """Model.pfc_config.sample_num: K = min(shard rows, max(sample_num, labels of the step)), whatever C is."""
+    loss = [{"MarginLoss": {}}]
+    for classes in (1000, 50000):
+        head = build_head({"num_features": 4, "class_num": classes,
+                           "pfc_config": {"sample_ratio": 1.0, "sample_num": 64, "model_parallel": True}}, loss, seed=2)
+        labels = np.array([3, classes - 1, 3, 512])
+        index, (target,) = _plan(head, labels)
+        assert len(index) == 64 and {3, classes - 1, 512} <= set(index) and (index[target] == labels).all()
+    many = np.arange(0, 1000, 10)  # 100 labels in one step > sample_num 64: every positive kept
+    index, (target,) = _plan(head, many)
+    assert len(index) == 100 and (index[target] == many).all()
+    small = build_head({"num_features": 4, "class_num": 30, "pfc_config": {"sample_ratio": 1.0, "sample_num": 64,
+                                                                           "model_parallel": True}}, loss)
+    assert small.num_sample == 30 and small.plan([paddle.to_tensor([1, 2])]).index is None  # whole shard used
+    base = {"num_features": 4, "class_num": 100, "pfc_config": {"model_parallel": True}}
+    for bad, message in (({"sample_ratio": 0.1, "sample_num": 10}, "sample_ratio=0.1 and sample_num=10 are both set"),
+                         ({"sample_ratio": 1.0, "sample_num": 0}, "sample_num must be an integer >= 1"),
+                         ({"sample_ratio": 1.0, "sample_num": 2.5}, "sample_num must be an integer >= 1")):
+        with pytest.raises(ConfigError, match=message):
+            build_head(dict(base, pfc_config=dict(base["pfc_config"], **bad)), loss)

@@ -21,6 +21,14 @@ def build_head(model_cfg, loss_cfg, seed=0):
     ratio, parallel = pfc["sample_ratio"], pfc["model_parallel"]
     if not (0.0 < ratio <= 1.0):
         raise ConfigError(f"Model.pfc_config.sample_ratio must be in (0, 1], got {ratio}")
+    sample_num = pfc.get("sample_num")
+    if sample_num is not None:
+        if isinstance(sample_num, bool) or not isinstance(sample_num, int) or sample_num < 1:
+            raise ConfigError(f"Model.pfc_config.sample_num must be an integer >= 1 (rows per rank per step) or null, "
+                              f"got {sample_num!r}")
+        if ratio != 1.0:
+            raise ConfigError(f"Model.pfc_config: sample_ratio={ratio} and sample_num={sample_num} are both set; "
+                              f"set one (sample_num: rows per rank per step; sample_ratio: a fraction of the shard)")
     if margin.model_parallel is None:
         margin.model_parallel = parallel
     if bool(margin.model_parallel) != parallel:
@@ -33,4 +41,4 @@ def build_head(model_cfg, loss_cfg, seed=0):
         raise ConfigError(f"Model.class_num={classes} is smaller than the world size {w}: every rank must own "
                           f"at least one class (or set Model.pfc_config.model_parallel=false)")
     return PartialFC(model_cfg["num_features"], classes, margin, sample_ratio=ratio, model_parallel=parallel,
-                     seed=seed)
+                     seed=seed, sample_num=sample_num)
