@@ -30,7 +30,10 @@ FARS = (1e-6, 1e-5, 1e-4, 1e-3, 1e-2, 1e-1)
 def load_aligned(meta, i):
     """Image i of the meta: read, align with its landmarks, RGB, float32 [3, 112, 112] in [-1, 1]."""
     path = meta.image_paths[i]
-    img = cv2.imread(path, cv2.IMREAD_COLOR)
+    from plsc.data.regular import read_regular
+
+    data = read_regular(path, f"IJB image {i} of the {meta.target} list")  # a FIFO / device is refused, not read
+    img = cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_COLOR) if data else None
     if img is None:
         raise DataError(f"{path}: cannot read or decode the image (image {i} of the {meta.target} list)")
     face = cv2.cvtColor(align_face(img, meta.landmarks[i]), cv2.COLOR_BGR2RGB)
