@@ -225,6 +225,26 @@ def test_import_force_replaces_only_its_own_imports(smoke_ckpt, tmp_path, capsys
         assert run_cli(import_main, [r18, "--out", str(tmp_path / "imp"), "--force"], capsys)[0] == 0
 
 
+def test_ijb_does_not_replace_results_it_did_not_write(tmp_path, capsys):
+    from test_ijb import _write_pool_onnx, make_ijb
+
+    from plsc.tools.ijb_eval import main as ijb_main
+
+    make_ijb(str(tmp_path / "ijb"), one_to_n=False)
+    _write_pool_onnx(str(tmp_path / "pool.onnx"))
+    out = tmp_path / "out"
+    out.mkdir()
+    (out / "ijbc_roc.png").write_text("a user's plot")
+    args = ["--model", str(tmp_path / "pool.onnx"), "--root", str(tmp_path / "ijb"), "--out", str(out)]
+    code, stdout, err = run_cli(ijb_main, args, capsys)
+    assert code == 2 and "ijbc_roc.png exists and was not written by plsc-ijb" in err and "embedded" not in stdout
+    assert (out / "ijbc_roc.png").read_text() == "a user's plot"
+    (out / "ijbc_roc.png").unlink()
+    for _ in range(2):  # its own results are replaced
+        code, _, err = run_cli(ijb_main, args, capsys)
+        assert code == 0, err
+
+
 def test_demo_force_does_not_remove_a_folder_that_is_not_a_demo(tmp_path, capsys):
     from plsc.demo.run import main as demo_main
 

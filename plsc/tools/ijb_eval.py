@@ -87,6 +87,8 @@ def run(args):
     from plsc.metrics.ijb import evaluate_ijb_verification, format_ijb, identify, plot_roc, read_ijb
     from plsc.progress import Progress
 
+    out = args.out or "ijb_results"
+    check_outputs(out, args.target)  # nothing of someone else's is replaced
     meta = read_ijb(args.root, args.target)  # fail on missing meta files before loading any model
     embed_fn, label, rank, world_size = resolve_embedder(args)
     share = f" (rank 0's share of {world_size} ranks)" if world_size > 1 else ""
@@ -96,11 +98,11 @@ def run(args):
         embed_fn, args.root, args.target, batch_size=args.batch_size, flip_test=not args.no_flip,
         norm_weight=args.norm_weight, det_weight=args.det_weight, rank=rank, world_size=world_size, meta=meta,
         progress=progress)
-    out = args.out or "ijb_results"
     stem = os.path.join(out, args.target.lower())
     results["model"] = label
     if rank == 0:  # the 1:1 results are kept before 1:N runs: a 1:N problem must not lose hours of embedding
         os.makedirs(out, exist_ok=True)
+        _write_json(stem + MANIFEST_SUFFIX, {"written_by": "plsc-ijb", "files": _outputs(args.target)})
         _write_json(stem + "_results.json", results)
         plot_roc({label: (roc["fpr"], roc["tpr"])}, stem + "_roc.png", title=f"ROC on {args.target}")
         if args.save_scores:
@@ -123,6 +125,28 @@ def run(args):
     print(format_ijb(results), flush=True)
     print(f"wrote {stem}_results.json and {stem}_roc.png", flush=True)
     return results
+
+
+MANIFEST_SUFFIX = "_results.manifest.json"
+
+
+def _outputs(target):
+    t = target.lower()
+    return [f"{t}_results.json", f"{t}_roc.png", f"{t}_scores.npz", f"{t}_templates.npz"]
+
+
+def check_outputs(out, target):
+    """--out may already hold this target's files only if plsc-ijb wrote them (its manifest beside them)."""
+    from plsc.engine.preflight import check_owned_outputs
+
+    def ours(manifest):
+        try:
+            with open(manifest) as f:
+                return json.load(f).get("written_by") == "plsc-ijb"
+        except (OSError, ValueError, AttributeError):
+            return False
+
+    check_owned_outputs(out, _outputs(target), (target.lower() + MANIFEST_SUFFIX, ours), "plsc-ijb", "--out")
 
 
 def _write_json(path, obj):
