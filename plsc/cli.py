@@ -35,8 +35,11 @@ def build_parser(prog, description):
     return p
 
 
-def _run(prog, description, action, argv):
-    args = build_parser(prog, description).parse_args(argv)
+def _run(prog, description, action, argv, extra=None):
+    parser = build_parser(prog, description)
+    if extra is not None:
+        extra(parser)
+    args = parser.parse_args(argv)
     setup_threads(peek_device(args.config, args.override))  # before paddle is imported
     from plsc.errors import PlscError
 
@@ -44,7 +47,7 @@ def _run(prog, description, action, argv):
         from plsc.config import load_config
 
         cfg = load_config(args.config, args.override)
-        return action(cfg)
+        return action(cfg, args) if extra is not None else action(cfg)
     except PlscError as e:
         print(f"{prog}: error: {e}", file=sys.stderr, flush=True)
         sys.exit(2)
@@ -56,10 +59,16 @@ def _train(cfg):
     Engine(cfg, mode="train").train()
 
 
-def _eval(cfg):
+def _eval(cfg, args):
     from plsc.engine.commands import run_eval
 
-    run_eval(cfg)
+    run_eval(cfg, compare=args.compare)
+
+
+def _eval_options(parser):
+    parser.add_argument("--compare", metavar="MODEL", default=None,
+                        help="a second model (checkpoint dir, exported dir or .onnx) evaluated on the same sets: "
+                             "one table of both (e.g. before / after fine-tuning), also in eval_compare.json")
 
 
 def _export(cfg):
@@ -80,7 +89,7 @@ def train_main(argv=None):
 
 
 def eval_main(argv=None):
-    _run("plsc-eval", "Evaluate a model on the configured verification sets.", _eval, argv)
+    _run("plsc-eval", "Evaluate a model on the configured verification sets.", _eval, argv, _eval_options)
 
 
 def export_main(argv=None):

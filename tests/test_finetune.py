@@ -129,6 +129,18 @@ def test_a_fine_tuning_run_evaluates_the_pretrained_model_first_and_logs_the_cha
     first = log.index("pretrained model, before fine-tuning:")
     assert first < log.index("global_step 1 "), "the pretrained model is evaluated before the first step"
     assert "against the pretrained model: val " in log and " -> " in log
+    # plsc-eval: the fine-tuned model and the released one on the same sets, one table
+    out = plsc("eval", "-c", SMOKE, "-o", f"Global.output_dir={tmp_path / 'cmp'}", "-o", "Model.class_num=12",
+               "-o", f"Global.pretrained_model={tmp_path / 'IResNet18' / 'latest'}", "--compare", str(pretrained),
+               "-o", f"DataLoader.Eval.dataset={{name: FaceBinDataset, bin_path: {tmp_path / 'val.bin'}}}",
+               "-o", "DataLoader.Eval.sampler={name: BatchSampler, batch_size: 8}")
+    table = out.stdout[out.stdout.index("A = "):]
+    assert f"B = {pretrained}" in table and "B - A" in table and "\nval " in table, out.stdout[-2000:]
+    import json
+
+    saved = json.loads((tmp_path / "cmp" / "IResNet18" / "eval_compare.json").read_text())
+    a, b = saved["results"][0]["val"]["acc"], saved["results"][1]["val"]["acc"]
+    assert f"{b - a:+.5f}" in table
 
 
 @pytest.mark.parametrize("overrides, message", [

@@ -23,13 +23,11 @@ def _is_exported(path):
         or path.endswith("inference.json")
 
 
-def run_eval(cfg):
-    """Evaluate every configured set with a checkpoint or an exported model (Paddle inference / ONNX)."""
-    from plsc.distributed import init as init_distributed
-    from plsc.engine.engine import Engine
-    from plsc.engine.evaluation import Evaluator
-    from plsc.engine.logger import setup_logger
+def run_eval(cfg, compare=None):
+    """Evaluate every configured set with a checkpoint or an exported model (Paddle inference / ONNX).
 
+    compare: a second model (checkpoint, exported dir or .onnx) evaluated on the same sets; one table of
+    both (e.g. a released model and its fine-tuned version) is printed and written to eval_compare.json."""
     path = cfg["Global"]["pretrained_model"]
     if not path:
         raise ConfigError("plsc-eval needs the model to evaluate: -o Global.pretrained_model=<checkpoint dir, "
@@ -38,6 +36,33 @@ def run_eval(cfg):
         else os.path.join(cfg["Global"]["output_dir"], cfg["Model"]["name"])
     check_owned_outputs(run_dir, [RESULTS], (RESULTS_MANIFEST, _results_unchanged), "plsc-eval",
                         "Global.output_dir" if not _is_exported(path) else "the exported model's folder")
+    if compare is not None and not (os.path.exists(compare)):
+        raise ConfigError(f"--compare {compare}: no such model (a checkpoint dir, exported dir or .onnx file)")
+    evaluator, embed_fn, rank, run_dir = _model_for_eval(cfg, path, run_dir)
+    results = evaluator.run(embed_fn)
+    if rank == 0:
+        _write_results(run_dir, results)
+    if compare is not None:
+        other = dict(cfg, Global=dict(cfg["Global"], pretrained_model=compare))
+        _, other_fn, _, _ = _model_for_eval(other, compare, run_dir)
+        other_results = evaluator.run(other_fn)
+        if rank == 0:
+            from plsc.metrics.evaluator import format_comparison
+
+            table = format_comparison(path, results, compare, other_results)
+            print(table, flush=True)
+            _atomic_json(os.path.join(run_dir, "eval_compare.json"),
+                         {"models": [path, compare], "results": [results, other_results]})
+    return results
+
+
+def _model_for_eval(cfg, path, run_dir):
+    """(evaluator, embed function, rank, run dir) of the model at `path`."""
+    from plsc.distributed import init as init_distributed
+    from plsc.engine.engine import Engine
+    from plsc.engine.evaluation import Evaluator
+    from plsc.engine.logger import setup_logger
+
     if _is_exported(path):
         from plsc.inference import load_embedder
 
@@ -51,10 +76,14 @@ def run_eval(cfg):
     if not evaluator.enabled:
         raise ConfigError("nothing to evaluate: set DataLoader.Eval.dataset (e.g. {name: FaceBinDataset, "
                           "bin_path: lfw.bin}) and Metric.Eval")
-    results = evaluator.run(embed_fn)
-    if rank == 0:
-        _write_results(run_dir, results)
-    return results
+    return evaluator, embed_fn, rank, run_dir
+
+
+def _atomic_json(path, obj):
+    tmp = path + ".tmp"
+    with open(tmp, "w") as f:
+        json.dump(obj, f, indent=1, default=float)
+    os.replace(tmp, path)
 
 
 RESULTS, RESULTS_MANIFEST = "eval_results.json", "eval_results.manifest.json"

@@ -360,7 +360,8 @@ class Engine:
         with self.watchdog(f"saving checkpoint {name}"):
             average_running_stats(self.backbone)
             save_training(self, os.path.join(self.run_dir, name))
-        self.state["last_saved_step"] = self.state["global_step"]
+        if name == "latest":  # a best_model saved at the last step is no `latest`: train() still writes it
+            self.state["last_saved_step"] = self.state["global_step"]
 
     def _log_config(self):
         if self.rank != 0:

@@ -116,3 +116,12 @@ def format_table(results, best=None):
     norms = _table(["mean feature norm"] + list(results),
                    [["fused embedding"] + [f"{r.get('feat_norm', float('nan')):.2f}" for r in results.values()]])
     return _table(header, rows) + "\n\n" + norms
+
+
+def format_comparison(name_a, results_a, name_b, results_b):
+    """One table of two models on the same sets: accuracy and TAR@FAR=1e-3 of each, and the change."""
+    header = ["set", "pairs", "acc A", "acc B", "B - A", "val@far1e-3 A", "val@far1e-3 B"]
+    rows = [[k, a["num_pairs"], f"{a['acc']:.5f}", f"{results_b[k]['acc']:.5f}",
+             f"{results_b[k]['acc'] - a['acc']:+.5f}", f"{a['val']:.5f}", f"{results_b[k]['val']:.5f}"]
+            for k, a in results_a.items() if k in results_b]
+    return f"A = {name_a}\nB = {name_b}\n" + _table(header, rows)
