@@ -160,6 +160,11 @@ SCHEMA = {
                               "sample_ratio (leave that at 1.0): a step's cost stops growing with the classes. Rule: "
                               "K = min(shard rows, max(sample_num, labels of the step)): every positive is kept, "
                               "a shard smaller than sample_num uses all its rows; null: use sample_ratio"),
+            "storage_dtype": Key("float32", str, "PartialFC: dtype the class rows and their optimizer slots are "
+                                 "stored in; bfloat16 / float16 halve the bytes per class (rows are read as float32, "
+                                 "all math is float32, updates are written back with stochastic rounding; float16 "
+                                 "stops the run with a checkpoint if a value leaves its range)",
+                                 choices=["float32", "bfloat16", "float16"]),
             "model_parallel": Key(False, bool, "shard the FC by class across ranks (false: replicate it; PLSC's "
                                   "default)"),
             "sparse_update": Key(True, bool, "update only the rows a step used; false: PLSC's dense update (every "

@@ -149,9 +149,9 @@ def imprint_classifier(backbone, head, loader, log):
             backbone.train()
     have = counts > 0
     means = sums[have] / np.linalg.norm(sums[have], axis=1, keepdims=True).clip(min=1e-12)
-    weight = w.numpy()
+    weight = head.weight_float32()  # any storage dtype (plsc.nn.storage)
     weight[have] = means.astype(np.float32)
-    paddle.assign(paddle.to_tensor(weight), output=w)
+    head.set_weight_float32(weight)
     missing = int((~have).sum())
     log.info(f"fine-tuning: classifier imprinted from {images_seen} images: {int(have.sum())} of {rows} rows of "
              f"this rank's shard are class means" + (f"; {missing} classes without images keep random rows"

@@ -6,6 +6,7 @@
 from plsc.errors import ConfigError
 from plsc.nn import margins  # noqa: F401  (registers MarginLoss, AdaFaceLoss)
 from plsc.nn.partial_fc import PartialFC
+from plsc.nn.storage import STORAGE_DTYPES
 
 
 def build_head(model_cfg, loss_cfg, seed=0):
@@ -29,6 +30,12 @@ def build_head(model_cfg, loss_cfg, seed=0):
         if ratio != 1.0:
             raise ConfigError(f"Model.pfc_config: sample_ratio={ratio} and sample_num={sample_num} are both set; "
                               f"set one (sample_num: rows per rank per step; sample_ratio: a fraction of the shard)")
+    storage = pfc.get("storage_dtype", "float32")
+    if storage not in STORAGE_DTYPES:
+        raise ConfigError(f"Model.pfc_config.storage_dtype={storage!r}: expected one of {', '.join(STORAGE_DTYPES)}")
+    if storage != "float32" and model_cfg["num_features"] % 2:
+        raise ConfigError(f"Model.pfc_config.storage_dtype={storage} needs an even Model.num_features (16-bit rows "
+                          f"move as pairs), got {model_cfg['num_features']}")
     if margin.model_parallel is None:
         margin.model_parallel = parallel
     if bool(margin.model_parallel) != parallel:
@@ -41,4 +48,4 @@ def build_head(model_cfg, loss_cfg, seed=0):
         raise ConfigError(f"Model.class_num={classes} is smaller than the world size {w}: every rank must own "
                           f"at least one class (or set Model.pfc_config.model_parallel=false)")
     return PartialFC(model_cfg["num_features"], classes, margin, sample_ratio=ratio, model_parallel=parallel,
-                     seed=seed, sample_num=sample_num)
+                     seed=seed, sample_num=sample_num, storage_dtype=storage)

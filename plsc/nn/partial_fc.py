@@ -282,6 +282,16 @@ class PartialFC(paddle.nn.Layer):
             self.optimizer.set_state_dict({"slots": {k: tensor(local[k]) for k in keys[1:]}, "num_steps": steps})
             self.load_extra_state(extra or {})
 
+    def weight_float32(self):
+        """This shard's weight rows as a float32 numpy array (exact for every storage dtype)."""
+        return self.weight.astype("float32").numpy()
+
+    @paddle.no_grad()
+    def set_weight_float32(self, rows):
+        """Replace this shard's weight rows by float32 values (16-bit storage: rounded to nearest once)."""
+        paddle.assign(paddle.to_tensor(np.ascontiguousarray(rows, np.float32)).astype(self.storage_dtype),
+                      output=self.weight)
+
     def extra_repr(self):
         return (f"classes={self.num_classes}, rows [{self.start}, {self.end}) on rank {self.rank}/{self.world_size}, "
                 f"{self.num_sample} sampled per step, storage {self.storage_dtype}, margin={self.margin}")
