@@ -117,6 +117,17 @@ def test_a_mis_shaped_tensor_is_named_and_nothing_is_exported(smoke_ckpt, tmp_pa
     assert os.listdir(tmp_path) == []
 
 
+def test_a_plsc_prefix_of_other_shapes_is_refused_before_the_run_dir(tmp_path, capsys):
+    from plsc.cli import export_main
+
+    prefix = os.path.join(ROOT, "tests", "fixtures", "interop", "plsc_iresnet_thin")
+    code, _, err = run_cli(export_main, ["-c", SMOKE, "-o", f"Global.output_dir={tmp_path / 'o'}",
+                                         "-o", f"Global.pretrained_model={prefix}"], capsys)
+    assert code == 2 and f"PLSC weights {prefix} does not match the IResNet18" in err, err
+    assert "layer4.0.conv1.weight [24, 16, 3, 3] in the file, [32, 16, 3, 3] in the model" in err
+    assert not (tmp_path / "o").exists()
+
+
 def test_load_backbone_is_all_or_nothing():
     """The Python API: a missing buffer (BatchNorm running mean) is refused and the model is untouched."""
     import paddle
@@ -169,7 +180,7 @@ def test_export_and_eval_do_not_replace_files_they_did_not_write(smoke_ckpt, tmp
     exp.mkdir()
     (exp / "inference.json").write_text("a user's file")
     args = ["-c", SMOKE, "-o", f"Global.output_dir={tmp_path / 'o'}", "-o", f"Global.pretrained_model={run}",
-            "-o", f"Export.export_dir={exp}", "-o", "Export.parity_check=false"]
+            "-o", f"Export.export_dir={exp}", "-o", "Export.parity_check=false", "-o", "Export.export_type=paddle"]
     code, _, err = run_cli(export_main, args, capsys)
     assert code == 2 and f"{exp / 'inference.json'} exists and was not written by plsc-export" in err, err
     assert (exp / "inference.json").read_text() == "a user's file" and not (tmp_path / "o").exists()

@@ -101,14 +101,31 @@ def check_weights(cfg, path, key):
     """A plsc checkpoint directory given as `key` holds the configured backbone (names and shapes)."""
     from plsc.models.loading import check_backbone_state
 
-    if _is_plsc_prefix(path):
-        return  # a PLSC file prefix: converted and strictly loaded by the Engine
+    m = cfg["Model"]
+    if _is_plsc_prefix(path):  # converted here once; the Engine takes the result (take_source)
+        import paddle
+
+        from plsc.interop import load_source
+
+        with paddle.utils.unique_name.guard():  # the run's parameter names do not move
+            src = load_source(path, model=m["name"])
+        check_backbone_state(configured_shapes(cfg), {k: v.shape for k, v in src.backbone.items()},
+                             f"{key}: PLSC weights {path}", m["name"], m["num_features"])
+        _sources[(os.path.abspath(path), m["name"])] = src
+        return
     d = ckpt.resolve(path)
     ckpt.load_json(os.path.join(d, ckpt.MANIFEST))
-    m = cfg["Model"]
     what = "checkpoint" if key == "Global.checkpoint" else "pretrained model"
     check_backbone_state(configured_shapes(cfg), npz_shapes(os.path.join(d, "backbone.npz")),
                          f"{key}: {what} {d}", m["name"], m["num_features"])
+
+
+_sources = {}
+
+
+def take_source(path, model):
+    """The PLSC prefix check_weights converted for this process (once), or None."""
+    return _sources.pop((os.path.abspath(path), model), None)
 
 
 def open_eval_sets(cfg):

@@ -152,7 +152,9 @@ def _load_plsc_prefix(engine, path):
     """A PLSC checkpoint prefix, converted in memory as plsc-import would."""
     from plsc.interop import load_source
 
-    src = load_source(path, model=engine.cfg["Model"]["name"])
+    from plsc.engine.preflight import take_source
+
+    src = take_source(path, engine.cfg["Model"]["name"]) or load_source(path, model=engine.cfg["Model"]["name"])
     for line in src.notes:
         engine.log.info(f"{path}: {line}")
     _load_backbone(engine, src.backbone, f"PLSC weights {path}")
