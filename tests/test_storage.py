@@ -191,3 +191,28 @@ def test_storage_dtype_config_errors():
         build_head(dict(base, pfc_config=dict(base["pfc_config"], storage_dtype="bfloat16")), [{"MarginLoss": {}}])
     with pytest.raises(ConfigError, match="storage_dtype='int8'"):
         build_head(dict(base, pfc_config=dict(base["pfc_config"], storage_dtype="int8")), [{"MarginLoss": {}}])
+
+
+def test_training_saves_16_bit_shards_resumes_as_float32_and_float16_overflow_stops_with_a_checkpoint(tmp_path):
+    """Through plsc-train: a bfloat16 run writes 2-byte rows (weight + momentum: 4 x D bytes per class), resumes
+    with float32 storage; a float16 run whose rows leave float16's range stops (exit 2, the key named) after
+    saving a checkpoint with finite rows."""
+    from test_train import SMOKE, losses, plsc
+
+    a = plsc("train", "-c", SMOKE, "-o", f"Global.output_dir={tmp_path / 'a'}", "-o", "Global.max_train_step=3",
+             "-o", "Model.pfc_config.storage_dtype=bfloat16", "-o", "Model.pfc_config.sample_num=8")
+    assert np.isfinite(list(losses(a.stdout).values())).all()
+    latest = tmp_path / "a" / "IResNet18" / "latest"
+    shard = fc_shards.read(latest / "fc_rank0.npz")
+    assert fc_shards.storage_dtype(shard) == "bfloat16" and shard["weight"].dtype == np.uint16
+    assert shard["weight"].nbytes + shard["momentum"].nbytes == 4 * 32 * 16
+    b = plsc("train", "-c", SMOKE, "-o", f"Global.output_dir={tmp_path / 'b'}", "-o", "Global.max_train_step=5",
+             "-o", f"Global.checkpoint={latest}")
+    assert sorted(losses(b.stdout)) == [4, 5]
+    assert fc_shards.storage_dtype(fc_shards.read(tmp_path / "b" / "IResNet18" / "latest" / "fc_rank0.npz")) == "float32"
+    c = plsc("train", "-c", SMOKE, "-o", f"Global.output_dir={tmp_path / 'c'}", "-o", "Global.max_train_step=3",
+             "-o", "Model.pfc_config.storage_dtype=float16", "-o", "LRScheduler.learning_rate=1.0e+9",
+             "-o", "Optimizer.grad_clip=null", check=False)
+    assert c.returncode == 2 and "storage_dtype=float16" in c.stderr and "Traceback" not in c.stderr
+    saved = fc_shards.read(tmp_path / "c" / "IResNet18" / "latest" / "fc_rank0.npz")
+    assert np.isfinite(saved["weight"]).all() and np.isfinite(saved["momentum"]).all()
