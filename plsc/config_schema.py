@@ -91,8 +91,8 @@ SCHEMA = {
                         "from scratch"),
         "output_dir": Key("./output/", str, "root of logs and checkpoints; a run writes <output_dir>/<Model.name>/"),
         "overwrite": Key(False, bool, "plsc-train into an <output_dir>/<Model.name>/ that already holds checkpoints "
-                         "is refused unless resuming (Global.checkpoint) or this is true (its checkpoints are then "
-                         "replaced as the new run saves)"),
+                         "is refused unless resuming (Global.checkpoint) or this is true (that run's checkpoints are "
+                         "then removed when training starts)"),
         "device": Key("gpu", str, "gpu or cpu; gpu falls back to cpu (with a log line) when Paddle has no CUDA; "
                       "PLSC's xpu / npu are accepted and run on cpu (warned)", choices=["gpu", "cpu", "xpu", "npu"]),
         "flags": Key(None, (dict, type(None)), "Paddle flags to set (paddle.set_flags), PLSC's: merged over "

@@ -168,8 +168,14 @@ def test_train_into_a_run_with_checkpoints_is_refused_before_any_step(smoke_ckpt
     assert code == 2 and "already holds the checkpoints of a run" in err and "latest" in err, err
     assert f"Global.checkpoint={latest}" in err and "Global.overwrite=True" in err and "Global.output_dir" in err
     assert "global_step" not in stdout and tree(out) == before
-    code, _, err = train([*TINY, "-o", f"Global.output_dir={out}", "-o", "Global.overwrite=True"], capsys)
+    import shutil
+
+    shutil.copytree(latest, out / "IResNet18" / "epoch_9")  # as an earlier, longer run left it
+    code, stdout, err = train([*TINY, "-o", f"Global.output_dir={out}", "-o", "Global.overwrite=True"], capsys)
     assert code == 0, err  # (resuming into its own run: test_train.py::test_resume_from_latest_gives_identical_losses)
+    assert "removed the earlier run's checkpoints" in stdout + err and not (out / "IResNet18" / "epoch_9").exists()
+    old_latest = {k[len("IResNet18/latest/"):]: v for k, v in before.items() if k.startswith("IResNet18/latest/")}
+    assert sorted(tree(latest)) == sorted(old_latest) and tree(latest) != old_latest  # the new run's
 
 
 def test_export_and_eval_do_not_replace_files_they_did_not_write(smoke_ckpt, tmp_path, capsys):

@@ -26,7 +26,7 @@ from plsc.engine.evaluation import Evaluator
 from plsc.engine.distill import Distiller
 from plsc.engine.finetune import FineTune, imprint_classifier
 from plsc.engine.logger import ScalarWriter, setup_logger
-from plsc.engine.preflight import check_start
+from plsc.engine.preflight import check_start, remove_replaced_run
 from plsc.engine.watchdog import Watchdog
 from plsc.engine.resume import load_pretrained, restore_training, save_training
 from plsc.distributed import barrier, init as init_distributed, shard_range
@@ -121,6 +121,8 @@ class Engine:
         g = self.cfg["Global"]
         self.log.info(f"training {self.cfg['Model']['name']} on {self.world_size} rank(s), global batch "
                       f"{self.global_batch}, {self.steps_per_epoch} steps/epoch, {g['epochs']} epochs")
+        if self.rank == 0:
+            remove_replaced_run(self.run_dir, g, self.log)  # Global.overwrite: the earlier run's checkpoints
         if self.finetune is not None:
             self.finetune.start(self.state["global_step"])
             if self.cfg["FineTune"]["eval_at_start"] and self.state["global_step"] == 0:

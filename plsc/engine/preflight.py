@@ -61,6 +61,21 @@ def check_train_output(run_dir, g):
                           f"-o Global.output_dir=..., or replace it with -o Global.overwrite=True")
 
 
+def remove_replaced_run(run_dir, g, log):
+    """Global.overwrite=true (and not resuming): the earlier run's checkpoints go when training starts (after
+    every input, a pretrained model inside that run included, is loaded), so that its epoch_N never mix with
+    the new run's (pruning keeps the highest epochs)."""
+    import shutil
+
+    if not g["overwrite"] or g["checkpoint"]:
+        return
+    found = run_checkpoints(run_dir)
+    for name in found:
+        shutil.rmtree(os.path.join(run_dir, name))
+    if found:
+        log.warning(f"Global.overwrite=True: removed the earlier run's checkpoints in {run_dir}: {', '.join(found)}")
+
+
 def _is_plsc_prefix(path):
     return not os.path.isdir(path) and (str(path).endswith(".pdparams") or os.path.isfile(f"{path}.pdparams"))
 
