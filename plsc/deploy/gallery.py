@@ -14,10 +14,11 @@ index, is refused). Both are written to temporary names first and then renamed.
 Index kinds (all inner product on L2-normalised vectors = cosine similarity, inside IndexIDMap2 so
 vectors carry identity ids and can be removed):
     flat   IndexFlatIP: exact (the default)
-    hnsw   IndexHNSWFlat, M=32, efConstruction=80, efSearch=128: approximate, no training. faiss cannot
-           delete from an HNSW graph, so `remove` rebuilds it from the stored vectors
-    ivf    IndexIVFFlat, nlist = 4 sqrt(n) (at most 65536), nprobe = 32: trained on the vectors of the
-           first build (needs at least nlist of them)
+    hnsw   IndexHNSWFlat, M=32, efConstruction=80, efSearch=256 (`search_param`): approximate, no
+           training. faiss cannot delete from an HNSW graph, so `remove` rebuilds it from the stored vectors
+    ivf    IndexIVFFlat, nlist = 2 sqrt(n) (at most 65536 and n / 39) trained on at most 64 x nlist of
+           the first build's vectors, nprobe = nlist / 8 (`search_param`): an eighth of the
+           gallery is scanned per query; the recall figures are in docs/benchmarks.md
 """
 import hashlib
 import json
@@ -28,7 +29,7 @@ import numpy as np
 from plsc.errors import CheckpointError, DataError, PlscError
 
 INDEX_KINDS = ("flat", "hnsw", "ivf")
-HNSW_M, HNSW_EF_CONSTRUCTION, HNSW_EF_SEARCH, IVF_NPROBE = 32, 80, 128, 32
+HNSW_M, HNSW_EF_CONSTRUCTION, HNSW_EF_SEARCH = 32, 80, 256
 SIDECAR_VERSION = 1
 
 
@@ -48,6 +49,24 @@ def _sha256(path):
     return h.hexdigest()
 
 
+def default_search_param(kind, index):
+    """efSearch of an HNSW index, nprobe of an IVF one (None for flat)."""
+    if kind == "hnsw":
+        return HNSW_EF_SEARCH
+    if kind == "ivf":
+        return max(1, _faiss().extract_index_ivf(index).nlist // 8)
+    return None
+
+
+def _apply_search_param(kind, index, value):
+    faiss = _faiss()
+    if kind == "hnsw":
+        faiss.downcast_index(index.index).hnsw.efSearch = int(value)
+    elif kind == "ivf":
+        ivf = faiss.extract_index_ivf(index)
+        ivf.nprobe = int(min(max(1, value), ivf.nlist))
+
+
 def _new_index(kind, dim, train=None):
     faiss = _faiss()
     if kind == "flat":
@@ -58,14 +77,17 @@ def _new_index(kind, dim, train=None):
         inner.hnsw.efSearch = HNSW_EF_SEARCH
     elif kind == "ivf":
         n = 0 if train is None else len(train)
-        nlist = int(min(65536, max(1, 4 * np.sqrt(max(n, 1)))))
-        if n < nlist or n < 39:
-            raise DataError(f"--index ivf needs a gallery to train its {nlist} lists on (at least "
-                            f"{max(nlist, 39)} vectors, got {n}); use --index flat or hnsw for small galleries")
+        if n < 39:
+            raise DataError(f"--index ivf needs a gallery to train its lists on (at least 39 vectors, got {n}); "
+                            f"use --index flat or hnsw for small galleries")
+        nlist = int(max(1, min(65536, 2 * np.sqrt(n), n // 39)))
+        sample = np.asarray(train)
+        if n > 64 * nlist:
+            sample = sample[np.random.default_rng(0).choice(n, 64 * nlist, replace=False)]
         quantizer = faiss.IndexFlatIP(dim)
         inner = faiss.IndexIVFFlat(quantizer, dim, nlist, faiss.METRIC_INNER_PRODUCT)
-        inner.train(np.ascontiguousarray(train, np.float32))
-        inner.nprobe = min(IVF_NPROBE, nlist)  # faiss's Python wrapper keeps the quantizer alive
+        inner.train(np.ascontiguousarray(sample, np.float32))
+        inner.nprobe = max(1, nlist // 8)  # faiss's Python wrapper keeps the quantizer alive
     else:
         raise PlscError(f"--index {kind!r}: expected one of {', '.join(INDEX_KINDS)}")
     return faiss.IndexIDMap2(inner)
@@ -83,7 +105,9 @@ class Gallery:
         dim = int(fingerprint["embedding_size"])
         info = {"version": SIDECAR_VERSION, "kind": index, "embedding_size": dim, "fingerprint": fingerprint,
                 "model": model, "next_id": 0, "ids": {}}
-        return cls(_new_index(index, dim, train), info)
+        g = cls(_new_index(index, dim, train), info)
+        g.set_search_param(None)
+        return g
 
     @classmethod
     def load(cls, path):
@@ -113,12 +137,18 @@ class Gallery:
         if index.d != int(info["embedding_size"]):
             raise CheckpointError(f"{path}: index of {index.d}-d vectors, its identity list says "
                                   f"{info['embedding_size']}")
-        if info["kind"] == "hnsw":
-            faiss.downcast_index(index.index).hnsw.efSearch = HNSW_EF_SEARCH
-        elif info["kind"] == "ivf":
-            ivf = faiss.extract_index_ivf(index)
-            ivf.nprobe = min(IVF_NPROBE, ivf.nlist)
-        return cls(index, info)
+        g = cls(index, info)
+        g.set_search_param(info.get("search_param"))
+        return g
+
+    def set_search_param(self, value=None):
+        """efSearch (hnsw) / nprobe (ivf); None: the default. Kept in the sidecar by save()."""
+        kind = self.info["kind"]
+        if kind == "flat":
+            return
+        value = default_search_param(kind, self.index) if value is None else int(value)
+        _apply_search_param(kind, self.index, value)
+        self.info["search_param"] = value
 
     def save(self, path):
         faiss = _faiss()
@@ -175,6 +205,7 @@ class Gallery:
             vectors = np.stack([self.index.reconstruct(i) for i in keep]) if keep else \
                 np.zeros((0, self.index.d), np.float32)
             self.index = _new_index("hnsw", self.index.d)
+            self.set_search_param(self.info.get("search_param"))
             if keep:
                 self.index.add_with_ids(vectors, np.asarray(keep, np.int64))
         else:

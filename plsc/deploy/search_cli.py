@@ -100,6 +100,7 @@ def _build(args):
         gallery.index.add_with_ids(vectors, ids)
         gallery.info["ids"], gallery.info["next_id"] = staging.info["ids"], staging.info["next_id"]
     gallery.info["per_image"] = bool(args.per_image)
+    gallery.set_search_param(args.search_param)
     gallery.save(args.out)
     print(f"{added} identities ({gallery.index.ntotal} vectors, {args.index}) -> {args.out}")
 
@@ -138,6 +139,8 @@ def _query(args):
     from plsc.deploy.gallery import Gallery
 
     gallery = Gallery.load(args.index)
+    if args.search_param is not None:
+        gallery.set_search_param(args.search_param)
     emb = _model_of(args, gallery)
     thr, source = _threshold(args, emb.model, [args.index + ".calibration.json"])
     if thr is None:
@@ -168,6 +171,7 @@ def search_parser(p):
     b.add_argument("--out", required=True, help="index file to write (its .json sidecar goes beside it)")
     b.add_argument("--index", default="flat", help="flat (exact, default), hnsw or ivf (approximate)")
     b.add_argument("--per-image", action="store_true", help="enrol every photo instead of one mean template")
+    b.add_argument("--search-param", type=int, help="hnsw: efSearch (default 256); ivf: nprobe (default nlist/8)")
     b.set_defaults(run=_build)
     for name, fn, what in (("add", _add, "identity folders to add"), ("query", _query, "photos to identify")):
         s = sub.add_parser(name, help=what)
@@ -179,6 +183,7 @@ def search_parser(p):
             s.add_argument("--top-k", type=int, default=5)
             s.add_argument("--threshold", type=float, help="open-set cosine threshold (default: calibration)")
             s.add_argument("--faces", default="largest", choices=("largest", "all"))
+            s.add_argument("--search-param", type=int, help="override the index's efSearch (hnsw) / nprobe (ivf)")
         s.set_defaults(run=fn)
     r = sub.add_parser("remove", help="remove identities by name")
     r.add_argument("index")
