@@ -178,6 +178,24 @@ def test_train_into_a_run_with_checkpoints_is_refused_before_any_step(smoke_ckpt
     assert sorted(tree(latest)) == sorted(old_latest) and tree(latest) != old_latest  # the new run's
 
 
+def test_two_ranks_refuse_a_run_with_checkpoints_before_working(smoke_ckpt, tmp_path):
+    import shutil
+
+    from dist_utils import launch
+
+    run, _ = smoke_ckpt
+    shutil.copytree(run, tmp_path / "o" / "IResNet18" / "latest")
+    before = tree(tmp_path / "o")
+    proc = launch(["plsc-train", *TINY, "-o", f"Global.output_dir={tmp_path / 'o'}"], nproc=2,
+                  log_dir=tmp_path / "log", check=False)
+    assert proc.returncode != 0
+    for r in (0, 1):
+        log = (tmp_path / "log" / f"workerlog.{r}").read_text()
+        assert "plsc-train: error: Global.output_dir:" in log and "already holds the checkpoints" in log, log[-2000:]
+        assert "global_step" not in log
+    assert tree(tmp_path / "o") == before
+
+
 def test_export_and_eval_do_not_replace_files_they_did_not_write(smoke_ckpt, tmp_path, capsys):
     from plsc.cli import eval_main, export_main
 
