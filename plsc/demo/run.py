@@ -153,18 +153,24 @@ def main(argv=None):
         return 2
 
 
+MARKER = ".plsc-demo"
+
+
 def _main(args):
     spec = QUICK if args.quick else FULL
     out = os.path.abspath(args.out)
-    if os.path.exists(os.path.join(out, "summary.json")) and not args.force:
-        raise PlscError(f"{out} already holds a demo run; pass --force to replace it or choose --out")
-    if os.path.isdir(out) and os.listdir(out) and not os.path.isfile(os.path.join(out, "summary.json")):
-        raise PlscError(f"{out} is a folder that does not hold a demo run (no summary.json): not replaced, also "
-                        f"with --force; choose another --out")
     if os.path.lexists(out) and not os.path.isdir(out):
         raise PlscError(f"{out} exists and is not a folder; choose another --out")
+    if os.path.isdir(out) and os.listdir(out):
+        if not any(os.path.isfile(os.path.join(out, n)) for n in ("summary.json", MARKER)):  # (an interrupted demo)
+            raise PlscError(f"{out} is a folder that does not hold a demo run (no {MARKER}): not replaced, also "
+                            f"with --force; choose another --out")
+        if not args.force:
+            raise PlscError(f"{out} already holds a demo run; pass --force to replace it or choose --out")
     shutil.rmtree(out, ignore_errors=True)
     os.makedirs(out)
+    with open(os.path.join(out, MARKER), "w") as f:
+        f.write("written by plsc-demo: plsc-demo --force may replace this folder\n")
     t0 = time.time()
     data = os.path.join(out, "data")
     classes = build_data(data, spec, args.seed)
