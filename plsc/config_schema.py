@@ -165,6 +165,9 @@ SCHEMA = {
                                  "all math is float32, updates are written back with stochastic rounding; float16 "
                                  "stops the run with a checkpoint if a value leaves its range)",
                                  choices=["float32", "bfloat16", "float16"]),
+            "interclass_filtering_threshold": Key(0.0, NUM, "PartialFC: arcface_torch's inter-class filtering for "
+                                                  "noisy labels: a non-target cosine above this counts as 0 (no "
+                                                  "push away from a likely duplicate identity); 0: off, in [0, 1)"),
             "model_parallel": Key(False, bool, "shard the FC by class across ranks (false: replicate it; PLSC's "
                                   "default)"),
             "sparse_update": Key(True, bool, "update only the rows a step used; false: PLSC's dense update (every "

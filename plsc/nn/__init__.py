@@ -36,6 +36,10 @@ def build_head(model_cfg, loss_cfg, seed=0):
     if storage != "float32" and model_cfg["num_features"] % 2:
         raise ConfigError(f"Model.pfc_config.storage_dtype={storage} needs an even Model.num_features (16-bit rows "
                           f"move as pairs), got {model_cfg['num_features']}")
+    threshold = pfc.get("interclass_filtering_threshold", 0.0)
+    if isinstance(threshold, bool) or not isinstance(threshold, (int, float)) or not 0.0 <= threshold < 1.0:
+        raise ConfigError(f"Model.pfc_config.interclass_filtering_threshold must be in [0, 1) (0: off), got "
+                          f"{threshold!r}")
     if margin.model_parallel is None:
         margin.model_parallel = parallel
     if bool(margin.model_parallel) != parallel:
@@ -48,4 +52,5 @@ def build_head(model_cfg, loss_cfg, seed=0):
         raise ConfigError(f"Model.class_num={classes} is smaller than the world size {w}: every rank must own "
                           f"at least one class (or set Model.pfc_config.model_parallel=false)")
     return PartialFC(model_cfg["num_features"], classes, margin, sample_ratio=ratio, model_parallel=parallel,
-                     seed=seed, sample_num=sample_num, storage_dtype=storage)
+                     seed=seed, sample_num=sample_num, storage_dtype=storage,
+                     interclass_filtering_threshold=threshold)

@@ -82,7 +82,7 @@ class SamplingPlan:
 
 class PartialFC(paddle.nn.Layer):
     def __init__(self, num_features, num_classes, margin, sample_ratio=1.0, model_parallel=True, seed=0,
-                 sample_num=None, storage_dtype="float32"):
+                 sample_num=None, storage_dtype="float32", interclass_filtering_threshold=0.0):
         super().__init__()
         self.num_features, self.num_classes = num_features, num_classes
         self.margin, self.sample_ratio, self.model_parallel = margin, float(sample_ratio), model_parallel
@@ -93,6 +93,7 @@ class PartialFC(paddle.nn.Layer):
             self.start, self.end = 0, num_classes
         rows = self.end - self.start
         self.storage_dtype = storage_dtype
+        self.filter_t = float(interclass_filtering_threshold)  # > 0: non-target cosines above it count as 0
         self.store = RowStorage(storage_dtype, first_class=self.start, seed=seed)
         # 'dist' in the name: PLSC's no_clip_list ['dist'] names the classifier, sharded or not
         prefix = f"dist_fc_rank{self.rank}" if model_parallel else "dist_fc_replicated"
@@ -182,7 +183,7 @@ class PartialFC(paddle.nn.Layer):
         x_unit = F.normalize(feats, axis=1)
         new_t, dnew = self._target_margin(plan.rows, x_unit, target, norms)
         per_sample = margin_softmax_ce(x_unit, plan.rows, target, new_t, dnew, self.margin.s,
-                                       sharded=self.model_parallel)
+                                       sharded=self.model_parallel, filter_t=self.filter_t)
         return per_sample.mean() * self.margin.weight
 
     @paddle.no_grad()

@@ -18,6 +18,10 @@ with the row-wise correction done in cache-sized chunks. Cosines are not clipped
 here (they leave it only by rounding); the margin functions clip the target ones themselves.
 The margin's derivative at the target cosines (`dnew`) comes from the caller (autograd on N
 scalars), so any elementwise margin works: ArcFace, CosFace, combined, AdaFace.
+
+Inter-class filtering (arcface_torch's interclass_filtering_threshold t > 0, for noisy labels): a
+non-target cosine above t is taken as 0 (constant: no gradient), so a near-duplicate identity under
+another label stops pushing the sample away. t = 0 turns it off.
 """
 import paddle
 from paddle.autograd import PyLayer
@@ -35,7 +39,7 @@ def inverse_row_norms(w):
 
 class MarginSoftmaxCE(PyLayer):
     @staticmethod
-    def forward(ctx, x, w, target, new_t, dnew, s, sharded):
+    def forward(ctx, x, w, target, new_t, dnew, s, sharded, filter_t=0.0):
         """x [N, D] unit features; w [K, D] rows; target int64 [N]: local column or -1;
         new_t [N]: margin(cos) at the target (used where target >= 0); dnew [N]: its derivative.
 
@@ -45,6 +49,11 @@ class MarginSoftmaxCE(PyLayer):
         inv = inverse_row_norms(w)
         z = paddle.matmul(x, w, transpose_y=True)                  # [N, K], becomes the softmax
         scale_(z, cols=inv * s)                                     # s * cos
+        dirty = None
+        if filter_t > 0:                                            # filtered negatives: cos = 0
+            cols = paddle.arange(z.shape[1], dtype=safe.dtype).unsqueeze(0)
+            dirty = (z > filter_t * s) & ((cols != safe) | ~here.unsqueeze(1))   # never the target itself
+            z = paddle.where(dirty, paddle.zeros([], dtype=z.dtype), z)
         current = paddle.take_along_axis(z, safe, axis=1).squeeze(1)
         target_logit = paddle.where(here, new_t * s, current)
         z.put_along_axis_(safe, target_logit.unsqueeze(1), 1)       # s * margin(cos) at the targets
@@ -61,7 +70,7 @@ class MarginSoftmaxCE(PyLayer):
             all_reduce_sum_(sum_exp)
         scale_(z, rows=1.0 / sum_exp)
         ctx.save_for_backward(x, w, inv, z, safe, here, dnew)
-        ctx.s, ctx.need_x = s, not x.stop_gradient
+        ctx.s, ctx.need_x, ctx.dirty = s, not x.stop_gradient, dirty
         return paddle.log(sum_exp) - picked
 
     @staticmethod
@@ -75,6 +84,8 @@ class MarginSoftmaxCE(PyLayer):
         p_t = paddle.take_along_axis(g, safe, axis=1).squeeze(1)
         inv_t = paddle.gather(inv, safe.squeeze(1))
         scale_(g, cols=inv, rows=gl)                                # in place: the softmax is not needed again
+        if ctx.dirty is not None:                                   # filtered cosines are constants
+            g = paddle.where(ctx.dirty, paddle.zeros([], dtype=g.dtype), g)
         g_t = paddle.where(here, gl * (p_t - 1.0) * dnew, gl * p_t) * inv_t
         g.put_along_axis_(safe, g_t.unsqueeze(1), 1)                # G / |w|, G = d loss / d cos
         grad_x = paddle.matmul(g, w) if ctx.need_x else None
@@ -87,6 +98,7 @@ class MarginSoftmaxCE(PyLayer):
         return grad_x, grad_w, None, None, None
 
 
-def margin_softmax_ce(x_unit, w, target, new_t, dnew, s, sharded=True):
+def margin_softmax_ce(x_unit, w, target, new_t, dnew, s, sharded=True, filter_t=0.0):
     """Per-sample loss [N]; gradients flow to x_unit and w (see the module docstring)."""
-    return MarginSoftmaxCE.apply(x_unit, w, target, new_t.detach(), dnew.detach(), float(s), bool(sharded))
+    return MarginSoftmaxCE.apply(x_unit, w, target, new_t.detach(), dnew.detach(), float(s), bool(sharded),
+                                 float(filter_t))
