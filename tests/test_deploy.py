@@ -72,7 +72,8 @@ def pool(tmp_path_factory):
              helper.make_node("Flatten", ["p"], ["f"], axis=1),
              helper.make_node("ReduceMean", ["f"], ["m"], axes=[1], keepdims=1),
              helper.make_node("Sub", ["f", "m"], ["y"])]
-    graph = helper.make_graph(nodes, "pool", [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["n", 3, 112, 112])],
+    graph = helper.make_graph(nodes, "pool",
+                              [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["n", 3, 112, 112])],
                               [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["n", 588])])
     model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 13)])
     model.ir_version = 8
@@ -376,7 +377,8 @@ def test_plsc_search_build_query_add_remove_with_known_answers(pool, tmp_path, c
     index = tmp_path / "g.faiss"
     assert run(cli.search_main, "build", pool, g, "--out", index) == 0
     r = capsys.readouterr()
-    assert "4 identities (4 vectors, flat)" in r.out and "identity 'nobody'" in r.err and "no photo with a face" in r.err
+    assert "4 identities (4 vectors, flat)" in r.out
+    assert "identity 'nobody'" in r.err and "no photo with a face" in r.err
     side = json.load(open(str(index) + ".json"))
     assert sorted(set(side["ids"].values())) == ["ann", "bob", "cy", "grace"] and side["embedding_size"] == 588
     # calibrate the open-set threshold next to the index from labelled pairs

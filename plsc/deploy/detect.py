@@ -15,7 +15,6 @@ Detection runs on a copy whose long side is at most DETECT_SIDE pixels (bounded 
 large photos); landmarks are scaled back and the warp reads the full-resolution photo.
 """
 import collections
-import threading
 
 import cv2
 import numpy as np
@@ -50,7 +49,6 @@ class FacePreparer:
             raise ConfigError(f"--faces {faces!r}: expected one of {', '.join(FACE_MODES)}")
         self.align, self.faces, self.size = align, faces, size
         self.detector = build_detector(detector) if align == "auto" else None
-        self._lock = threading.Lock()  # one onnxruntime session set, called from decoding threads
 
     def _resized(self, rgb, status):
         crop = rgb if rgb.shape[:2] == (self.size, self.size) else \
@@ -63,8 +61,7 @@ class FacePreparer:
         scale = min(1.0, DETECT_SIDE / max(h, w))
         small = rgb if scale == 1.0 else cv2.resize(rgb, (max(1, round(w * scale)), max(1, round(h * scale))),
                                                     interpolation=cv2.INTER_AREA)
-        with self._lock:
-            boxes, points = self.detector.detect(small)
+        boxes, points = self.detector.detect(small)  # onnxruntime sessions may run from several threads
         if scale != 1.0:
             boxes = boxes.copy()
             boxes[:, :4] /= scale

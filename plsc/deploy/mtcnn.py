@@ -105,9 +105,9 @@ def _graph(name, sd):
             out = "prob"
         outputs.append(out)
     size = {"pnet": ["h", "w"], "rnet": [24, 24], "onet": [48, 48]}[name]
-    graph = helper.make_graph(nodes, name, [helper.make_tensor_value_info("input", TensorProto.FLOAT,
-                                                                         ["n", 3] + size)],
-                              [helper.make_tensor_value_info(o, TensorProto.FLOAT, ["n"] + (["c", "y", "x"] if name == "pnet" else ["c"])) for o in outputs], inits)
+    dims = ["n", "c", "y", "x"] if name == "pnet" else ["n", "c"]
+    graph = helper.make_graph(nodes, name, [helper.make_tensor_value_info("input", TensorProto.FLOAT, ["n", 3] + size)],
+                              [helper.make_tensor_value_info(o, TensorProto.FLOAT, dims) for o in outputs], inits)
     model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 13)])
     model.ir_version = 8
     onnx.checker.check_model(model)
