@@ -2,6 +2,8 @@
 
     python tools/bench_partial_fc.py                       # the default grid (C x W x ratio), prints a table
     python tools/bench_partial_fc.py --classes 5000000 --world 2 --ratio 0.1 --batch 32 --steps 3
+    python tools/bench_partial_fc.py --classes 1000000 --ratio 0.1 --storage float32 bfloat16   # 16-bit storage
+    python tools/bench_partial_fc.py --classes 10000000 --world 2 --sample-num 20000 --storage bfloat16 --batch 32
 
 Each configuration runs in fresh processes (2 ranks through paddle.distributed.launch for W=2) so
 peak RSS belongs to it alone. One step = PartialFC forward + backward + sparse momentum update
@@ -22,12 +24,15 @@ GRID = [(c, w, r) for c in (100_000, 1_000_000, 4_000_000) for w in (1, 2) for r
 HOST_BYTES = 24 * 2 ** 30
 
 
-def estimate_bytes(classes, world, ratio, batch, dim):
+def estimate_bytes(classes, world, ratio, batch, dim, storage="float32", sample_num=None):
     """Rough peak per rank: weight + momentum, sampled rows (copy, grad, temp), logits copies."""
     local = -(-classes // world)
     k = local if ratio >= 1 else -(-int(ratio * local * 1e6) // int(1e6))
+    if sample_num:
+        k = min(local, sample_num)
     n = batch * world
-    return 8 * local * dim + 3 * 4 * k * dim + 6 * 4 * n * k + 600 * 2 ** 20
+    value = 4 if storage == "float32" else 2
+    return 2 * value * local * dim + 3 * 4 * k * dim + 6 * 4 * n * k + 600 * 2 ** 20
 
 
 def one(args):
@@ -40,7 +45,7 @@ def one(args):
     import paddle.distributed as dist
 
     from plsc.nn import build_head
-    from plsc.optim.sparse import SparseMomentum
+    from plsc.optim.optimizers import build_sparse_optimizer
 
     world = int(os.environ.get("PADDLE_TRAINERS_NUM", "1"))
     if world > 1:
@@ -48,9 +53,12 @@ def one(args):
     rank = dist.get_rank() if world > 1 else 0
     t0 = time.perf_counter()
     head = build_head({"num_features": args.dim, "class_num": args.classes,
-                       "pfc_config": {"sample_ratio": args.ratio, "model_parallel": True}},
+                       "pfc_config": {"sample_ratio": 1.0 if args.sample_num else args.ratio,
+                                      "sample_num": args.sample_num, "model_parallel": True,
+                                      "storage_dtype": args.storage[0]}},
                       [{"MarginLoss": {"m2": 0.5}}], seed=0)
-    opt = SparseMomentum(head.weight, 0.9, 5e-4)
+    opt = head.set_optimizer(build_sparse_optimizer({"name": "Momentum", "momentum": 0.9, "weight_decay": 5e-4},
+                                                    head.weight, store=head.store))
     init_s = time.perf_counter() - t0
     rng = np.random.default_rng(rank)
     times = []
@@ -62,7 +70,7 @@ def one(args):
         t = time.perf_counter()
         loss = head(x, y)
         loss.backward()
-        opt.step(*head.sparse_grad()[:2], 0.1, rows=head.sparse_grad()[2])
+        head.step(0.1)
         head.clear_sparse_grad()
         _ = loss.item()
         if step:  # the first step is warm-up
@@ -79,8 +87,9 @@ def one(args):
     rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
     row = {"classes": args.classes, "world": world, "ratio": args.ratio, "batch": args.batch, "dim": args.dim,
            "rows_used": k, "step_s": float(np.median(times)), "floor_s": 6 * n * k * args.dim / flops,
-           "peak_rss": rss, "persistent_bytes_per_class": (head.weight.size * 4 + opt.slots["momentum"].size * 4)
-           / head.num_local, "init_s": init_s, "loss": loss.item()}
+           "peak_rss": rss, "persistent_bytes_per_class": (head.weight.size * head.weight.element_size() +
+                                                   opt.slots["momentum"].size * opt.slots["momentum"].element_size())
+           / head.num_local, "storage": args.storage[0], "sample_num": args.sample_num, "init_s": init_s, "loss": loss.item()}
     if world > 1:
         t = paddle.to_tensor([rss], dtype="int64")
         dist.all_reduce(t, op=dist.ReduceOp.MAX)
@@ -89,9 +98,11 @@ def one(args):
         print("RESULT " + json.dumps(row), flush=True)
 
 
-def run_config(classes, world, ratio, batch, dim, steps):
+def run_config(classes, world, ratio, batch, dim, steps, storage="float32", sample_num=None):
     cmd = [__file__, "--one", "--classes", str(classes), "--ratio", str(ratio), "--batch", str(batch),
-           "--dim", str(dim), "--steps", str(steps)]
+           "--dim", str(dim), "--steps", str(steps), "--storage", storage]
+    if sample_num:
+        cmd += ["--sample-num", str(sample_num)]
     env = dict(os.environ)
     if world > 1:
         log_dir = tempfile.mkdtemp(prefix="bench_pfc_")
@@ -111,15 +122,16 @@ def run_config(classes, world, ratio, batch, dim, steps):
 
 
 def table(rows):
-    head = ("| classes | W | ratio | batch/rank | rows used/rank | step (s) | matmul floor (s) | step/floor "
+    head = ("| classes | W | ratio / sample_num | storage | batch/rank | rows used/rank | step (s) | matmul floor (s) | step/floor "
             "| peak RSS/rank (GiB) | bytes/class/rank (weight+mom) | vs 8*D |")
-    lines = [head, "|" + "---|" * 11]
+    lines = [head, "|" + "---|" * 12]
     for r in rows:
         if "skipped" in r:
-            lines.append(f"| {r['classes']:,} | {r['world']} | {r['ratio']} | {r['batch']} | | skipped: "
+            lines.append(f"| {r['classes']:,} | {r['world']} | {r['ratio']} | {r['storage']} | {r['batch']} | | skipped: "
                          f"{r['skipped']} | | | | | |")
             continue
-        lines.append(f"| {r['classes']:,} | {r['world']} | {r['ratio']} | {r['batch']} | "
+        lines.append(f"| {r['classes']:,} | {r['world']} | {r.get('sample_num') or r['ratio']} | {r['storage']} | "
+                     f"{r['batch']} | "
                      f"{r['rows_used']:,} | "
                      f"{r['step_s']:.3f} | {r['floor_s']:.3f} | {r['step_s'] / r['floor_s']:.2f} | "
                      f"{r['peak_rss'] / 2 ** 30:.2f} | {r['persistent_bytes_per_class']:.0f} | "
@@ -137,18 +149,21 @@ def main():
     p.add_argument("--dim", type=int, default=512)
     p.add_argument("--steps", type=int, default=5)
     p.add_argument("--force", action="store_true", help="run even when the memory estimate exceeds 90%% of RAM")
+    p.add_argument("--storage", nargs="+", default=["float32"], choices=["float32", "bfloat16", "float16"],
+                   help="Model.pfc_config.storage_dtype; several: one row each")
+    p.add_argument("--sample-num", type=int, default=None, help="Model.pfc_config.sample_num instead of --ratio")
     args = p.parse_args()
     if args.one:
         return one(args)
     grid = [(args.classes, args.world, args.ratio)] if args.classes else GRID
     rows = []
-    for classes, world, ratio in grid:
-        need = estimate_bytes(classes, world, ratio, args.batch, args.dim) * world
+    for (classes, world, ratio), storage in [(g, s) for g in grid for s in args.storage]:
+        need = estimate_bytes(classes, world, ratio, args.batch, args.dim, storage, args.sample_num) * world
         if need > 0.9 * HOST_BYTES and not args.force:
-            rows.append({"classes": classes, "world": world, "ratio": ratio, "batch": args.batch,
+            rows.append({"classes": classes, "world": world, "ratio": ratio, "batch": args.batch, "storage": storage,
                          "skipped": f"needs ~{need / 2 ** 30:.0f} GiB of {HOST_BYTES / 2 ** 30:.0f}"})
         else:
-            rows.append(run_config(classes, world, ratio, args.batch, args.dim, args.steps))
+            rows.append(run_config(classes, world, ratio, args.batch, args.dim, args.steps, storage, args.sample_num))
         print(table(rows[-1:]).splitlines()[-1], flush=True)
     print()
     print(table(rows))
