@@ -468,3 +468,16 @@ def test_python_api_embed_gallery_search(pool):
     g.add("pattern", r.embeddings[1:])
     rot = variants(read_image(GH))["rot-15"][0]
     assert g.search(emb.embed([rot]).embeddings, top_k=1)[0][0][0] == "grace"
+
+
+def test_per_image_gallery_enrols_every_photo_and_lists_an_identity_once(pool, tmp_path, capsys):
+    g, _ = _gallery(tmp_path)
+    index = tmp_path / "p.faiss"
+    assert run(cli.search_main, "build", pool, g, "--out", index, "--per-image", "--index", "hnsw") == 0
+    assert "4 identities (11 vectors, hnsw)" in capsys.readouterr().out  # 3 x 3 patterns + 2 photos of grace
+    side = json.load(open(str(index) + ".json"))
+    assert side["per_image"] is True and side["search_param"] == 256
+    probe = write(tmp_path / "ann_new.png", pattern(10, noise=10, rng=np.random.default_rng(7)))
+    out = _query(capsys, index, probe, extra=["--top-k", "4", "--threshold", "0.5"])[0]
+    names = [m["identity"] for m in out["matches"]]
+    assert names[0] == "ann" and len(names) == len(set(names)) == 4
