@@ -15,9 +15,12 @@ random integer below 2^drop to the bits (drop = 16 for bfloat16, 13 for float16:
 format lacks) and clear those bits; the carry is the round-up. Below float16's normal range (|x| <
 6.1e-5) the final cast rounds the remaining bits to nearest (absolute error <= 3e-8).
 
-The random bits are a hash of (the row's class, the column, the salt), not a generator's stream: the
-stored values do not depend on the sharding or on the chunking (2 ranks == 1 rank, bit for bit,
-given equal float32 inputs).
+The random bits are a function of (the row's class, the column, the salt: seed, step, array), not a
+generator's stream, so the stored values do not depend on the sharding or on the chunking (2 ranks
+== 1 rank, bit for bit, given equal float32 inputs): row hash(class, salt) of a fixed table of
+4096 x D uniform integers, XORed with a per-(salt, column) key. Every value's draw is uniform at every
+step and changes from step to step; the cost is one row gather and a few int32 passes over the
+rows (a per-element integer hash cost ~10x more on CPU).
 
 Chosen over a compensated (Kahan) scheme, which keeps a second 16-bit array per stored array (the
 rounding error) and so costs as many bytes as float32 storage: stochastic rounding keeps the 2-byte
@@ -54,7 +57,8 @@ def _hash32(x):
 
 
 def _host_hash32(x):
-    x &= _M32
+    """lowbias32 on a Python int or a numpy uint64 array."""
+    x = x & _M32
     x ^= x >> 16
     x = (x * 0x7FEB352D) & _M32
     x ^= x >> 15
@@ -65,17 +69,32 @@ def _host_hash32(x):
 def _column_keys(dim, salt):
     """[1, D] int64: a 32-bit random key per column for this salt."""
     cols = np.arange(dim, dtype=np.uint64)
-    keys = [_host_hash32(int(c) * 0x9E3779B1 + _host_hash32(salt)) for c in cols]
-    return paddle.to_tensor(np.asarray(keys, np.int64).reshape(1, dim))
+    keys = _host_hash32(cols * np.uint64(0x9E3779B1) + np.uint64(_host_hash32(salt)))
+    return paddle.to_tensor(keys.astype(np.int64).reshape(1, dim))
+
+
+_TABLE_ROWS = 4096
+_TABLES = {}
+
+
+def _noise_table(drop, dim):
+    """[4096, D] int32 uniform in [0, 2^drop): fixed (seeded), one per (drop, D), made on first use."""
+    key = (drop, dim, str(paddle.get_device()))
+    if key not in _TABLES:
+        rng = np.random.default_rng(0x5EED + drop)
+        _TABLES[key] = paddle.to_tensor(rng.integers(0, 1 << drop, (_TABLE_ROWS, dim), dtype=np.int32))
+    return _TABLES[key]
 
 
 def round_stochastic(x32, dtype, classes, salt):
     """float32 [K, D] -> dtype [K, D], stochastically rounded; classes: int64 [K] global class of each row."""
-    drop = _DROP[dtype]
-    row = _hash32(paddle.bitwise_and(classes.astype("int64").reshape([-1, 1]) + (salt & _M32),
-                                     paddle.to_tensor(_M32, dtype="int64")))
-    noise = _hash32(paddle.bitwise_xor(row, _column_keys(x32.shape[1], salt)))
-    noise = paddle.bitwise_right_shift(noise, paddle.to_tensor(32 - drop, dtype="int64")).astype("int32")
+    drop, dim = _DROP[dtype], x32.shape[1]
+    mask = paddle.to_tensor(_M32, dtype="int64")
+    pick = _hash32(paddle.bitwise_and(classes.astype("int64") + (salt & _M32), mask))
+    pick = paddle.bitwise_and(pick, paddle.to_tensor(_TABLE_ROWS - 1, dtype="int64"))
+    keys = _column_keys(dim, salt)
+    keys = paddle.bitwise_and(keys, paddle.to_tensor((1 << drop) - 1, dtype="int64")).astype("int32")
+    noise = paddle.bitwise_xor(paddle.gather(_noise_table(drop, dim), pick), keys)
     bits = paddle.view(x32.contiguous(), "int32") + noise
     bits = paddle.bitwise_and(bits, paddle.to_tensor(-(1 << drop), dtype="int32"))
     return paddle.view(bits, "float32").astype(dtype)
