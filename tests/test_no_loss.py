@@ -128,6 +128,20 @@ def test_a_plsc_prefix_of_other_shapes_is_refused_before_the_run_dir(tmp_path, c
     assert not (tmp_path / "o").exists()
 
 
+def test_an_iresnet18_file_for_an_iresnet50_names_iresnet18():
+    """The issue's case (shapes only, no weights allocated): 240 tensors of IResNet50 are not in the file."""
+    from plsc.errors import CheckpointError
+    from plsc.models.loading import backbone_shapes, check_backbone_state
+
+    with pytest.raises(CheckpointError) as e:
+        check_backbone_state(backbone_shapes("IResNet50", num_features=512),
+                             backbone_shapes("IResNet18", num_features=512), "r18/latest", "IResNet50", 512)
+    msg = str(e.value)
+    assert msg.startswith("r18/latest does not match the IResNet50 built from the config (nothing was loaded): 240 ")
+    assert "missing from the file: layer1.2." in msg and msg.endswith("holds the weights of IResNet18: "
+                                                                      "-o Model.name=IResNet18")
+
+
 def test_load_backbone_is_all_or_nothing():
     """The Python API: a missing buffer (BatchNorm running mean) is refused and the model is untouched."""
     import paddle

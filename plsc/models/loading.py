@@ -29,26 +29,31 @@ def backbone_shapes(name, **kwargs):
     return _shape_cache[key]
 
 
-def nearest_model(shapes, num_features=None, exclude=None):
-    """The registered Model.name whose state_dict matches `shapes` ({name: shape}) best, and whether it
-    matches exactly; (None, False) when no backbone shares at least half of its tensors with the file."""
+def match_score(ref, shapes):
+    """Share of the tensors of both that have the same name and shape (1.0: identical state_dict layouts)."""
+    same = sum(1 for k, s in shapes.items() if ref.get(k) == tuple(s))
+    return same / max(len(ref), len(shapes), 1)
+
+
+def nearest_model(shapes, num_features=None, baseline=0.5):
+    """The registered Model.name (built with its defaults and `num_features`) whose state_dict matches
+    `shapes` ({name: shape}) better than `baseline`, and whether it matches exactly; else (None, False)."""
     from plsc.registry import MODELS
 
     import plsc.models  # noqa: F401
 
-    best, best_score, exact = None, 0.5, False
+    best, best_score, exact = None, max(baseline, 0.5), False
     for name in MODELS.names():
-        if name == exclude or len(shapes) < _HEAVY.get(name, 0):
+        if len(shapes) < _HEAVY.get(name, 0):
             continue
         kwargs = {"num_features": num_features} if num_features else {}
         try:
             ref = backbone_shapes(name, **kwargs)
         except Exception:  # noqa: BLE001  (an option the backbone does not take: not a candidate)
             continue
-        same = sum(1 for k, s in shapes.items() if ref.get(k) == tuple(s))
-        score = same / max(len(ref), len(shapes))
-        if score > best_score or (score == best_score and best is not None and same == len(ref) == len(shapes)):
-            best, best_score, exact = name, score, same == len(ref) == len(shapes)
+        score = match_score(ref, shapes)
+        if score > best_score:
+            best, best_score, exact = name, score, score == 1.0
     return best, exact
 
 
@@ -76,8 +81,9 @@ def check_backbone_state(own, shapes, source, model_name=None, num_features=None
     if misshaped:
         parts.append(f"{len(misshaped)} tensor(s) of another shape: {_listed(misshaped, 3)}")
     hint = ""
-    other, exact = nearest_model(shapes, num_features, exclude=model_name)
-    if other is not None:
+    # a hint only when a registered backbone fits the file better than the configured one does
+    other, exact = nearest_model(shapes, num_features, baseline=match_score(own, shapes))
+    if other is not None and other != model_name:
         hint = (f"; the file holds {'the weights of' if exact else 'weights closest to'} {other}: "
                 f"-o Model.name={other}")
     raise CheckpointError(f"{source} does not match {what} (nothing was loaded): {'; '.join(parts)}{hint}")
