@@ -17,7 +17,7 @@ vectors carry identity ids and can be removed):
     hnsw   IndexHNSWFlat, M=32, efConstruction=80, efSearch=256 (`search_param`): approximate, no
            training. faiss cannot delete from an HNSW graph, so `remove` rebuilds it from the stored vectors
     ivf    IndexIVFFlat, nlist = 2 sqrt(n) (at most 65536 and n / 39) trained on at most 64 x nlist of
-           the first build's vectors, nprobe = nlist / 8 (`search_param`): an eighth of the
+           the first build's vectors, nprobe = nlist / 4 (`search_param`): a quarter of the
            gallery is scanned per query; the recall figures are in docs/benchmarks.md
 """
 import hashlib
@@ -54,7 +54,7 @@ def default_search_param(kind, index):
     if kind == "hnsw":
         return HNSW_EF_SEARCH
     if kind == "ivf":
-        return max(1, _faiss().extract_index_ivf(index).nlist // 8)
+        return max(1, _faiss().extract_index_ivf(index).nlist // 4)
     return None
 
 
@@ -87,7 +87,7 @@ def _new_index(kind, dim, train=None):
         quantizer = faiss.IndexFlatIP(dim)
         inner = faiss.IndexIVFFlat(quantizer, dim, nlist, faiss.METRIC_INNER_PRODUCT)
         inner.train(np.ascontiguousarray(sample, np.float32))
-        inner.nprobe = max(1, nlist // 8)  # faiss's Python wrapper keeps the quantizer alive
+        inner.nprobe = max(1, nlist // 4)  # faiss's Python wrapper keeps the quantizer alive
     else:
         raise PlscError(f"--index {kind!r}: expected one of {', '.join(INDEX_KINDS)}")
     return faiss.IndexIDMap2(inner)

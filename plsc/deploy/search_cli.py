@@ -171,7 +171,7 @@ def search_parser(p):
     b.add_argument("--out", required=True, help="index file to write (its .json sidecar goes beside it)")
     b.add_argument("--index", default="flat", help="flat (exact, default), hnsw or ivf (approximate)")
     b.add_argument("--per-image", action="store_true", help="enrol every photo instead of one mean template")
-    b.add_argument("--search-param", type=int, help="hnsw: efSearch (default 256); ivf: nprobe (default nlist/8)")
+    b.add_argument("--search-param", type=int, help="hnsw: efSearch (default 256); ivf: nprobe (default nlist/4)")
     b.set_defaults(run=_build)
     for name, fn, what in (("add", _add, "identity folders to add"), ("query", _query, "photos to identify")):
         s = sub.add_parser(name, help=what)
