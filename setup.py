@@ -11,6 +11,7 @@ setup(
     long_description=long_description,
     long_description_content_type="text/markdown",
     packages=find_packages(include=["plsc", "plsc.*"]),
+    package_data={"plsc.deploy": ["weights/*.pt", "weights/*.md"]},  # MTCNN weights (MIT, see their README)
     python_requires=">=3.9",
     install_requires=[
         "numpy",

@@ -6,13 +6,11 @@ landmarks. Runs on onnxruntime from graphs built here; no torch, no download.
     boxes, points = det.detect(rgb)                 # [n, 5] (x1, y1, x2, y2, score), [n, 5, 2] (x, y)
 
 Weights: the P/R/O-Net state dicts that the `facenet-pytorch` wheel ships (facenet_pytorch/data/
-{pnet,rnet,onet}.pt, MIT licence, converted by its author from the original MTCNN release). They are in
-torch's legacy pre-zip format and are read by plsc's restricted torch reader (plsc.interop.torch_legacy);
-facenet-pytorch itself is never imported (it would import torch). Install it without its dependencies:
-
-    pip install --no-deps facenet-pytorch
-
-or point PLSC_MTCNN_WEIGHTS / `weights_dir` at a directory holding the three .pt files.
+{pnet,rnet,onet}.pt, MIT licence, converted by its author from the original MTCNN release), copied
+byte for byte into plsc/deploy/weights/ with their licence (facenet-pytorch cannot be a dependency: it
+requires torch). They are in torch's legacy pre-zip format and are read by plsc's restricted torch
+reader (plsc.interop.torch_legacy); torch is never imported. Looked up in this order: `weights`,
+PLSC_MTCNN_WEIGHTS, an installed facenet-pytorch (`pip install --no-deps facenet-pytorch`), the copy in plsc.
 """
 import importlib.metadata
 import os
@@ -46,14 +44,15 @@ def weights_dir(explicit=None):
         candidates.append(str(dist.locate_file("facenet_pytorch/data")))
     except importlib.metadata.PackageNotFoundError:
         pass
+    candidates.append(os.path.join(os.path.dirname(os.path.abspath(__file__)), "weights"))
     for d in candidates:
         if all(os.path.isfile(os.path.join(d, f"{n}.pt")) for n in _NETS):
             return d
     where = f" (looked in {', '.join(candidates)})" if candidates else ""
-    raise CheckpointError(f"MTCNN face detector weights not found{where}: install the package that ships them "
-                          f"with `pip install --no-deps facenet-pytorch` (MIT licence; torch is not needed), set "
-                          f"PLSC_MTCNN_WEIGHTS to a directory with pnet.pt, rnet.pt, onet.pt, or use --align "
-                          f"crops/none for images that are already aligned 112x112 crops")
+    raise CheckpointError(f"MTCNN face detector weights not found{where}: reinstall plsc (it ships them in "
+                          f"plsc/deploy/weights), `pip install --no-deps facenet-pytorch` (MIT licence; torch is not "
+                          f"needed), set PLSC_MTCNN_WEIGHTS to a directory with pnet.pt, rnet.pt, onet.pt, or use "
+                          f"--align crops/none for images that are already aligned 112x112 crops")
 
 
 def _graph(name, sd):
