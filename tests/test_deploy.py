@@ -481,3 +481,59 @@ def test_per_image_gallery_enrols_every_photo_and_lists_an_identity_once(pool, t
     out = _query(capsys, index, probe, extra=["--top-k", "4", "--threshold", "0.5"])[0]
     names = [m["identity"] for m in out["matches"]]
     assert names[0] == "ann" and len(names) == len(set(names)) == 4
+
+
+def _scrfd_like(path, outputs=9):
+    """An ONNX model with insightface SCRFD's input and output layout whose outputs are fixed: one face
+    (stride 16, location x=20, y=15, anchor 0) at score 0.9, a weaker overlapping duplicate, a 0.3 box."""
+    import onnx
+    from onnx import TensorProto, helper, numpy_helper
+
+    consts = []
+    for kind, width in (("score", 1), ("bbox", 4), ("kps", 10)):
+        for stride in (8, 16, 32):
+            consts.append(np.zeros(((640 // stride) ** 2 * 2, width), np.float32))
+    face = (15 * 40 + 20) * 2
+    consts[1][face] = 0.9
+    consts[1][face + 2] = 0.8   # the next location: overlaps, suppressed by NMS
+    consts[0][7] = 0.3          # under the score threshold
+    consts[4][face] = consts[4][face + 2] = [5, 6, 5, 7]    # box (240, 144, 400, 352) on the 640 input
+    pts = np.array([[290, 220], [350, 220], [320, 255], [295, 300], [345, 300]], np.float32)
+    consts[7][face] = ((pts - [320, 240]) / 16).reshape(-1)
+    consts[7][face + 2] = ((pts - [336, 240]) / 16).reshape(-1)
+    consts = consts[: outputs]
+    names = [f"o{i}" for i in range(len(consts))]
+    nodes = [helper.make_node("ReduceSum", ["x"], ["s"], keepdims=0),
+             helper.make_node("Mul", ["s", "zero"], ["z"])]
+    nodes += [helper.make_node("Add", [f"c{i}", "z"], [n]) for i, n in enumerate(names)]
+    inits = [numpy_helper.from_array(np.float32(0), "zero")] + \
+        [numpy_helper.from_array(c, f"c{i}") for i, c in enumerate(consts)]
+    graph = helper.make_graph(nodes, "scrfd_like", [helper.make_tensor_value_info("x", TensorProto.FLOAT,
+                                                                                  [1, 3, "h", "w"])],
+                              [helper.make_tensor_value_info(n, TensorProto.FLOAT, None) for n in names], inits)
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 13)])
+    model.ir_version = 8
+    onnx.save(model, str(path))
+    return str(path), pts * 2  # the photo below is 1280x960: the input holds it at scale 0.5
+
+
+def test_scrfd_layout_detector_decodes_boxes_and_landmarks(pool, tmp_path, capsys):
+    """SCRFD's decoding (anchor centres, distances x stride, NMS, letterbox scale) on a model with its output
+    layout: the real det_10g.onnx cannot be downloaded here, so this checks plsc's side of the contract only."""
+    from plsc.deploy.detect import FacePreparer
+
+    det, pts = _scrfd_like(tmp_path / "det.onnx")
+    photo = np.random.default_rng(0).integers(0, 255, (960, 1280, 3), dtype=np.uint8)
+    boxes, points = FacePreparer(detector=det).detect(photo)
+    assert len(boxes) == 1 and boxes[0, 4] == pytest.approx(0.9)
+    assert np.allclose(boxes[0, :4], [480, 288, 800, 704], atol=1e-3) and np.allclose(points[0], pts, atol=1e-3)
+    path = write(tmp_path / "photo.png", photo)
+    assert run(cli.embed_main, pool, path, "--detector", det, "--out", tmp_path / "o.npz") == 0
+    z = np.load(tmp_path / "o.npz")
+    assert list(z["status"]) == ["face"] and np.allclose(z["landmarks"][0], pts, atol=1e-3)
+    capsys.readouterr()
+    six, _ = _scrfd_like(tmp_path / "six.onnx", outputs=6)
+    assert run(cli.embed_main, pool, path, "--detector", six, "--out", tmp_path / "o.npz") == 2
+    assert "six.onnx: this detector has no landmark outputs" in capsys.readouterr().err
+    assert run(cli.embed_main, pool, path, "--detector", tmp_path / "nope.onnx", "--out", tmp_path / "o.npz") == 2
+    assert "nope.onnx: no such file" in capsys.readouterr().err

@@ -30,15 +30,16 @@ _NO_BOX, _NO_LMK = np.full(4, np.nan, np.float32), np.full((5, 2), np.nan, np.fl
 
 
 def build_detector(detector=None):
-    """'mtcnn' / None -> plsc.deploy.mtcnn.MTCNN; a .onnx path -> SCRFD is not supported yet (error)."""
+    """'mtcnn' / None -> plsc.deploy.mtcnn.MTCNN; a .onnx path -> insightface's SCRFD (plsc.deploy.scrfd)."""
     if detector in (None, "mtcnn"):
         from plsc.deploy.mtcnn import MTCNN
 
         return MTCNN()
     if str(detector).endswith(".onnx"):
-        raise ConfigError(f"--detector {detector}: SCRFD / RetinaFace ONNX detectors are not supported yet; "
-                          f"use the built-in MTCNN (--detector mtcnn)")
-    raise ConfigError(f"--detector {detector!r}: expected 'mtcnn'")
+        from plsc.deploy.scrfd import SCRFD
+
+        return SCRFD(str(detector))
+    raise ConfigError(f"--detector {detector!r}: expected 'mtcnn' or an SCRFD .onnx file (e.g. det_10g.onnx)")
 
 
 class FacePreparer:
