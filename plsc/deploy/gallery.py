@@ -219,20 +219,23 @@ class Gallery:
         q = np.ascontiguousarray(np.atleast_2d(queries), np.float32)
         if q.shape[1] != self.index.d:
             raise DataError(f"{q.shape[1]}-d queries for a {self.index.d}-d gallery")
-        if self.index.ntotal == 0:
-            return [[] for _ in q]
-        k = min(self.index.ntotal, max(1, top_k) * (4 if len(self.info["ids"]) > len(self.identities) else 1))
-        scores, ids = self.index.search(q, k)
-        out = []
-        for srow, irow in zip(scores, ids):
+        top_k = max(1, int(top_k))
+        return [self._search_one(row[None], top_k) for row in q]
+
+    def _search_one(self, q, top_k):
+        """Several vectors may share an identity (--per-image): widen k until top_k identities are found."""
+        ids_of = self.info["ids"]
+        k = min(self.index.ntotal, top_k)
+        while k:
+            scores, ids = self.index.search(q, k)
             hits, seen = [], set()
-            for s, i in zip(srow, irow):
-                name = self.info["ids"].get(str(int(i))) if i >= 0 else None
+            for s, i in zip(scores[0], ids[0]):
+                name = ids_of.get(str(int(i))) if i >= 0 else None
                 if name is None or name in seen:
                     continue
                 seen.add(name)
                 hits.append((name, float(s)))
-                if len(hits) == top_k:
-                    break
-            out.append(hits)
-        return out
+            if len(hits) >= top_k or k >= self.index.ntotal:
+                return hits[:top_k]
+            k = min(self.index.ntotal, 4 * k)
+        return []
