@@ -5,7 +5,7 @@ the rows it uses as float32 (exact), computes in float32 and writes them back ro
 
     store = RowStorage("bfloat16", first_class=start, seed=seed)
     rows = store.get(w, index)                          # float32 copy of w[index] (index None: all rows)
-    store.put(w, index, new_rows, salt=(step, slot))    # w[index] = round(new_rows)
+    store.put(w, index, new_rows, salt=s)               # w[index] = round(new_rows); s: int per step and array
 
 Rounding is stochastic: a value x between its two neighbours lo < x < hi in the storage format is
 stored as hi with probability (x - lo) / (hi - lo), so the stored value is x on average and an update
