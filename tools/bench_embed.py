@@ -58,7 +58,7 @@ def make_images(folder, n, raw):
                     cv2.cvtColor(np.clip(img, 0, 255).astype(np.uint8), cv2.COLOR_RGB2BGR))
     for i in range(raw):
         canvas = np.full((480, 640, 3), rng.integers(0, 255, 3), np.uint8)
-        s = rng.uniform(0.4, 0.8)
+        s = rng.uniform(0.3, 0.7)  # the photo is 512x600: at most 358x420 inside 640x480
         face = cv2.resize(rgb, None, fx=s, fy=s, interpolation=cv2.INTER_AREA)
         h, w = face.shape[:2]
         y, x = rng.integers(0, 480 - h), rng.integers(0, 640 - w)
