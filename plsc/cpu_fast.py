@@ -8,9 +8,9 @@ cv2 body for tensors in CPU memory (zero-copy DLPack views, public APIs on both 
 - the device end of the training transforms (plsc.data.device_transform): Paddle's CPU kernels
   for the uint8 -> float32 normalize / flip / transpose take ~100x cv2's time per batch.
 
-Measured with the whole demo (`plsc-demo --quick` vs the same with every numpy body off, 2 CPU ranks,
-interleaved runs on a shared machine; docs/benchmarks.md): median 157 vs 78 images/s, training 34 vs
-45 s. The FC's row gathers / scatters / updates (the former PLSC_NUMPY_ROUTE) cannot matter on a
+Measured with the whole demo (`plsc-demo --quick` with these two bodies on vs off, 2 CPU ranks,
+interleaved runs on a shared machine; docs/benchmarks.md): 1.29x images/s (medians 100.6 vs 78.0),
+1.18x in the run's training seconds -- at the 1.25x bar by the first measure only. The FC's row gathers / scatters / updates (the former PLSC_NUMPY_ROUTE) cannot matter on a
 48-class demo and did not pay on IResNet50 / 1M classes: they have one Paddle body (plsc.nn.rows).
 
 Each fast path has one equivalence test against its Paddle body (tests/test_speed_settings.py);
