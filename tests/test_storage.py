@@ -206,6 +206,13 @@ def test_training_saves_16_bit_shards_resumes_as_float32_and_float16_overflow_st
     shard = fc_shards.read(latest / "fc_rank0.npz")
     assert fc_shards.storage_dtype(shard) == "bfloat16" and shard["weight"].dtype == np.uint16
     assert shard["weight"].nbytes + shard["momentum"].nbytes == 4 * 32 * 16
+    from plsc.tools.fc_shards import main as shards_main  # plsc-fc-shards keeps the 16-bit rows as they are
+    assert shards_main(["split", str(latest), "--world-size", "2", "--out", str(tmp_path / "w2")]) == 0
+    halves = [fc_shards.read(tmp_path / "w2" / f"fc_rank{r}.npz") for r in range(2)]
+    assert all(fc_shards.storage_dtype(h) == "bfloat16" for h in halves)
+    assert np.array_equal(np.concatenate([h["weight"] for h in halves]), shard["weight"])
+    assert shards_main(["merge", str(tmp_path / "w2"), "--out", str(tmp_path / "full.npz")]) == 0
+    assert np.array_equal(fc_shards.read(tmp_path / "full.npz")["momentum"], shard["momentum"])
     b = plsc("train", "-c", SMOKE, "-o", f"Global.output_dir={tmp_path / 'b'}", "-o", "Global.max_train_step=5",
              "-o", f"Global.checkpoint={latest}")
     assert sorted(losses(b.stdout)) == [4, 5]
@@ -216,3 +223,21 @@ def test_training_saves_16_bit_shards_resumes_as_float32_and_float16_overflow_st
     assert c.returncode == 2 and "storage_dtype=float16" in c.stderr and "Traceback" not in c.stderr
     saved = fc_shards.read(tmp_path / "c" / "IResNet18" / "latest" / "fc_rank0.npz")
     assert np.isfinite(saved["weight"]).all() and np.isfinite(saved["momentum"]).all()
+
+
+def test_dense_update_of_every_row_with_16_bit_storage_follows_float32():
+    """sparse_update false (PLSC's dense update): every row's momentum decays each step; with bfloat16 storage the
+    rows follow the float32 run to the format's rounding."""
+    heads = {}
+    for dtype in ("float32", "bfloat16"):
+        head = build_head({"num_features": 6, "class_num": 40, "pfc_config": {
+            "sample_ratio": 0.25, "model_parallel": True, "storage_dtype": dtype}}, [{"MarginLoss": {"s": 30.0}}], seed=2)
+        head.set_optimizer(build_sparse_optimizer({"name": "Momentum", "momentum": 0.9, "weight_decay": 5e-4},
+                                                  head.weight, every_row=True, store=head.store))
+        used = _train(head, steps=3)
+        heads[dtype] = head
+    assert not used.all()
+    v = {d: h.optimizer.slots["momentum"].astype("float32").numpy() for d, h in heads.items()}
+    assert (v["bfloat16"] != 0).all(axis=1)[~used].any()  # unsampled rows' momentum decayed (weight decay)
+    a, b = heads["bfloat16"].weight_float32(), heads["float32"].weight_float32()
+    assert np.abs(a - b).max() <= 8 * 2.0 ** -8 * np.abs(b).max()
