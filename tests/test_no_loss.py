@@ -403,6 +403,23 @@ def test_rec_bin_and_label_file_that_are_not_regular_files_are_refused(tmp_path)
             call()
 
 
+def test_pack_rec_and_bin_convert_refuse_a_fifo_image(tmp_path):
+    """Image folders read by the tools: a FIFO named like an image is refused (in a subprocess with a
+    timeout: a regression would block)."""
+    faces = tmp_path / "faces" / "id0"
+    faces.mkdir(parents=True)
+    cv2.imwrite(str(faces / "a.jpg"), np.full((112, 112, 3), 90, np.uint8))
+    os.mkfifo(faces / "b.jpg")
+    (tmp_path / "faces" / "label.txt").write_text("id0/a.jpg\tid0/b.jpg\t1\n")
+    script = ("import sys\nfrom plsc.tools import pack_rec, bin_convert\n"
+              f"print('RC', pack_rec.main([{str(tmp_path / 'faces')!r}, {str(tmp_path / 'rec')!r}, '--workers', '1']),"
+              f" bin_convert.main(['to-bin', {str(tmp_path / 'faces')!r}, {str(tmp_path / 'v.bin')!r}]))\n")
+    r = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, cwd=ROOT, timeout=120)
+    assert "RC 2 2" in r.stdout, r.stdout[-2000:] + r.stderr[-2000:]
+    assert r.stderr.count(f"image {faces / 'b.jpg'} is a FIFO (named pipe), not a regular file: not read") == 2
+    assert not (tmp_path / "v.bin").exists() and not (tmp_path / "rec" / "train.rec").exists()
+
+
 # ---------------------------------------------------------------- 5. numbers that cannot train
 @pytest.mark.parametrize("override", ["LRScheduler.learning_rate=.nan", "Loss.Train.0.MarginLoss.m2=.inf",
                                       "Loss.Train.0.MarginLoss.s=-.inf", "Optimizer.weight_decay=.nan",

@@ -17,6 +17,7 @@ import numpy as np
 
 from plsc.data.bin import load_bin, save_bin
 from plsc.data.label_files import check_outputs, make_dirs, output_path, read_pair_labels, sniff_ext
+from plsc.data.regular import read_regular
 from plsc.errors import DataError, PlscError
 
 
@@ -60,8 +61,7 @@ def pairs_to_bin(pairs_dir, out_bin, label_file=None, drop_hflip=False, force=Fa
         for rel in (a, b):
             path = os.path.join(pairs_dir, rel)
             try:
-                with open(path, "rb") as f:
-                    data = f.read()
+                data = read_regular(path, "image")  # a FIFO / device / directory is refused, not read
             except OSError as e:
                 raise DataError(f"cannot read image {path}: {e.strerror}") from None
             if not data or cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_COLOR) is None:

@@ -18,6 +18,7 @@ import numpy as np
 
 from plsc.data.label_files import check_outputs, make_dirs, output_path, read_train_labels, safe_relpath
 from plsc.data.recordio import IndexedRecordIOWriter, pack
+from plsc.data.regular import read_regular
 from plsc.errors import DataError, PlscError
 from plsc.progress import Progress
 
@@ -53,8 +54,7 @@ def list_folder(root):
 def _encode(job):
     path, encode, quality = job
     try:
-        with open(path, "rb") as f:
-            data = f.read()
+        data = read_regular(path, "image")  # a FIFO / device / directory is refused, not read
     except OSError as e:
         raise DataError(f"cannot read image {path}: {e.strerror}") from None
     img = cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_COLOR) if data else None
