@@ -337,6 +337,13 @@ def test_train_opens_every_eval_set_and_input_before_its_first_step(tmp_path, ca
     code, out, err = train([*TINY, "-o", f"Global.output_dir={tmp_path / 'o'}", *ev], capsys)
     assert code == 2 and str(tmp_path / "bad.bin") in err and "os.system" in err, err
     assert "global_step" not in out and not (tmp_path / "o").exists()
+    from plsc.data.bin import save_bin
+
+    save_bin(str(tmp_path / "garbage.bin"), [b"not an image"] * 20, [True] * 10)
+    garbage = f"{{name: FaceBinDataset, bin_path: {tmp_path / 'garbage.bin'}}}"
+    code, out, err = train([*TINY, "-o", f"Global.output_dir={tmp_path / 'o'}", "-o", "Global.eval_during_train=True",
+                            "-o", f"DataLoader.Eval.dataset={garbage}"], capsys)
+    assert code == 2 and f"{tmp_path / 'garbage.bin'}: image 0" in err and not (tmp_path / "o").exists(), err
     for key, value, message in [("Global.pretrained_model", tmp_path / "nowhere", "checkpoint not found"),
                                 ("Global.checkpoint", tmp_path / "nowhere", "checkpoint not found")]:
         code, out, err = train([*TINY, "-o", f"Global.output_dir={tmp_path / 'o'}", "-o", f"{key}={value}"], capsys)

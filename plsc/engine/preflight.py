@@ -10,7 +10,8 @@ the run directory is created and before any rank trains (a bad one costs seconds
   .npy headers, no weights loaded; plsc.models.check_backbone_state). The full load (manifest hashes,
   strict load_backbone) follows in the Engine.
 - plsc-train with evaluation: every configured eval set is opened and checked (its .bin unpickled and
-  validated, or its pairs list read and every listed image a regular file).
+  validated, or its pairs list read and every listed image a regular file; its first image decoded and
+  transformed). The other images are decoded at the first evaluation.
 """
 import os
 import zipfile
@@ -155,6 +156,8 @@ def open_eval_sets(cfg):
 
             for path in list(ds.images) + list(ds.mirrors or []):
                 check_regular(path, f"eval set '{name}': image")
+        if len(ds):
+            ds[0]  # its first image through the set's transform_ops (every image is decoded at evaluation)
         del ds
 
 
