@@ -6,7 +6,8 @@ With `Global.finetune: true` (PLSC's key, real here) and `Global.pretrained_mode
                         training set (eval mode, no gradient); features and labels are gathered from every
                         rank and each rank sums only the classes of its own FC shard, so memory is the
                         shard's (C / W rows), as for the FC itself. Row j = normalize(mean_i normalize(f_i))
-                        over the images i of class j; a class without images keeps its random row (logged).
+                        over the images i of class j, at a fresh row's length (0.01 sqrt(D)); a class
+                        without images keeps its random row (logged).
     backbone_lr_mult    the backbone's learning rate is the schedule's times this (the FC's is the schedule's)
     freeze_stages       0: none; N: the backbone's first N stages (stem included in the first); "all": every
                         stage, only the neck (the layers after the last stage) trains. A frozen layer's
@@ -26,6 +27,7 @@ import paddle
 
 from plsc.distributed import all_gather_sizes, gather_labels, gather_rows
 from plsc.errors import ConfigError
+from plsc.nn.partial_fc import INIT_STD
 
 BN_MODES = ("train", "frozen_stats", "frozen")
 
@@ -150,7 +152,9 @@ def imprint_classifier(backbone, head, loader, log):
     have = counts > 0
     means = sums[have] / np.linalg.norm(sums[have], axis=1, keepdims=True).clip(min=1e-12)
     weight = head.weight_float32()  # any storage dtype (plsc.nn.storage)
-    weight[have] = means.astype(np.float32)
+    # the direction is the class mean; the length a fresh row's (INIT_STD * sqrt(D)): the classifier
+    # normalizes its rows, so a row's step is lr / |w|: unit rows would learn ~1 / (INIT_STD^2 D) times slower
+    weight[have] = (means * (INIT_STD * np.sqrt(dim))).astype(np.float32)
     head.set_weight_float32(weight)
     missing = int((~have).sum())
     log.info(f"fine-tuning: classifier imprinted from {images_seen} images: {int(have.sum())} of {rows} rows of "
