@@ -259,7 +259,9 @@ def test_fc_shards_force_never_removes_a_folder_it_did_not_write(smoke_ckpt, tmp
         assert run_cli(shards_main, ["split", str(run), "--world-size", "2", "--out", str(tmp_path / "w2"),
                                      "--force"], capsys)[0] == 0
     assert (tmp_path / "w2" / "fc_rank1.npz").exists() and (tmp_path / "w2.tmp" / "x").read_text() == "x"
-    assert sorted(os.listdir(tmp_path)) == ["full.npz", "mine", "w2", "w2.tmp"]
+    for _ in range(2):  # a merged .npz of its own is replaced, written whole then renamed
+        assert run_cli(shards_main, ["merge", str(run), "--out", str(tmp_path / "m.npz"), "--force"], capsys)[0] == 0
+    assert sorted(os.listdir(tmp_path)) == ["full.npz", "m.npz", "mine", "w2", "w2.tmp"]
 
 
 def test_import_force_replaces_only_its_own_imports(smoke_ckpt, tmp_path, capsys):

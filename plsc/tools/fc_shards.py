@@ -90,7 +90,7 @@ def main(argv=None):
         if args.cmd == "merge":
             _check_out(args.out, args.force, "merge")
             full = fc_shards.merge(read_shards(args.checkpoint))
-            fc_shards.write(args.out, full)
+            _write_whole(args.out, full)
             print(f"wrote {args.out}: {full['weight'].shape[0]} classes x {full['weight'].shape[1]}")
             return 0
         _check_out(args.out, args.force, "split")
@@ -109,6 +109,20 @@ def main(argv=None):
     except PlscError as e:
         print(f"plsc-fc-shards: error: {e}", file=sys.stderr)
         return 2
+
+
+def _write_whole(out, full):
+    """The merged .npz written into a new temporary sibling, then renamed: never a half-written --out."""
+    fd, tmp = tempfile.mkstemp(prefix=f".{os.path.basename(out)}.", suffix=".tmp",
+                               dir=os.path.dirname(os.path.abspath(out)))
+    os.close(fd)
+    try:
+        fc_shards.write(tmp, full)
+        os.chmod(tmp, 0o644)
+        os.replace(tmp, out)
+    except BaseException:
+        os.remove(tmp)
+        raise
 
 
 def _write_split(tmp, out, src_dir, shards, world_size):
