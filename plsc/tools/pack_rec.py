@@ -11,7 +11,7 @@ identity with its [start, end) image keys; train.lst lists `key<TAB>label<TAB>re
 import argparse
 import os
 import sys
-from multiprocessing import Pool
+from concurrent.futures import ThreadPoolExecutor
 
 import cv2
 import numpy as np
@@ -69,6 +69,12 @@ def _encode(job):
     return buf.tobytes(), img.shape
 
 
+def _in_order(pool, jobs, window=256):
+    """_encode over `jobs` on the pool, results in order, at most `window` images in flight (bounded memory)."""
+    for a in range(0, len(jobs), window):
+        yield from pool.map(_encode, jobs[a:a + window])
+
+
 def pack_images(paths, labels, image_root, out_dir, encode="keep", quality=95, workers=1, name="train",
                 force=False, log=print):
     """Write out_dir/{name}.rec/.idx/.lst; -> (number of images, number of classes)."""
@@ -88,9 +94,11 @@ def pack_images(paths, labels, image_root, out_dir, encode="keep", quality=95, w
     order = sorted(range(len(paths)), key=lambda i: (labels[i], i))
     jobs = [(os.path.join(image_root, safe_relpath(paths[i], image_root)), encode, quality) for i in order]
     tmp = [output_path(out_dir, os.path.basename(p) + ".part") for p in outs]
-    pool = Pool(workers) if workers > 1 else None
+    # threads, not forked processes: reading, cv2's decode and encode release the GIL, and a fork of a process
+    # that already runs threads (Paddle's, cv2's) can deadlock in the child
+    pool = ThreadPoolExecutor(workers) if workers > 1 else None
     try:
-        results = pool.imap(_encode, jobs, chunksize=64) if pool else map(_encode, jobs)
+        results = _in_order(pool, jobs) if pool else map(_encode, jobs)
         with IndexedRecordIOWriter(tmp[1], tmp[0]) as w, open(tmp[2], "w") as lst:
             w.write(0, pack([len(jobs) + 1, len(jobs) + 1 + num_classes], b""))
             starts = np.zeros(num_classes + 1, np.int64)
@@ -111,7 +119,7 @@ def pack_images(paths, labels, image_root, out_dir, encode="keep", quality=95, w
         raise
     finally:
         if pool:
-            pool.terminate()
+            pool.shutdown(wait=True, cancel_futures=True)
     for t, o in zip(tmp, outs):
         os.replace(t, o)
     return len(jobs), num_classes
