@@ -537,3 +537,12 @@ def test_scrfd_layout_detector_decodes_boxes_and_landmarks(pool, tmp_path, capsy
     assert "six.onnx: this detector has no landmark outputs" in capsys.readouterr().err
     assert run(cli.embed_main, pool, path, "--detector", tmp_path / "nope.onnx", "--out", tmp_path / "o.npz") == 2
     assert "nope.onnx: no such file" in capsys.readouterr().err
+
+
+def test_a_jpeg_over_the_pixel_limit_is_detected_at_reduced_size_and_reported_in_file_pixels(pool, monkeypatch):
+    from plsc.deploy import Embedder, images
+
+    monkeypatch.setattr(images, "MAX_PIXELS", 200_000)  # grace_hopper is 512x600 = 307,200 pixels: read at 1/2
+    r = Embedder(pool).embed([GH])
+    assert list(r.status) == ["face"]
+    assert np.linalg.norm(r.landmarks[0] - MARKED, axis=1).max() < 10  # positions in the file's pixels

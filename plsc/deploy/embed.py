@@ -19,7 +19,7 @@ import sys
 import numpy as np
 
 from plsc.deploy.detect import FacePreparer
-from plsc.deploy.images import gather_inputs, read_image
+from plsc.deploy.images import gather_inputs, read_image_scaled
 from plsc.deploy.model import RecognitionModel
 from plsc.errors import PlscError
 
@@ -91,13 +91,16 @@ class Embedder:
     def _load(self, item):
         """(faces, n_found, error message or None) for one input (a path or an array)."""
         try:
+            scale = 1
             if isinstance(item, np.ndarray):
                 rgb = item
                 if rgb.ndim != 3 or rgb.shape[2] != 3 or rgb.dtype != np.uint8:
                     raise PlscError(f"array input must be uint8 RGB [H, W, 3], got {rgb.dtype} {list(rgb.shape)}")
             else:
-                rgb = read_image(item)
+                rgb, scale = read_image_scaled(item)
             faces, found = self.prepare(rgb)
+            if scale != 1:  # a large JPEG decoded at 1/scale: report positions in the file's pixels
+                faces = [f._replace(box=f.box * scale, landmarks=f.landmarks * scale) for f in faces]
             return faces, found, None
         except PlscError as e:
             return [], 0, str(e)

@@ -88,8 +88,13 @@ def _png_size(data):
     return None
 
 
-def read_image(path, max_pixels=MAX_PIXELS):
+def read_image(path, max_pixels=None):
     """uint8 RGB [H, W, 3] of an image file; DataError naming the file and the reason."""
+    return read_image_scaled(path, max_pixels)[0]
+
+
+def read_image_scaled(path, max_pixels=None):
+    """(image, scale): scale = original pixels per decoded pixel (1, or 2 / 4 / 8 for a large JPEG)."""
     try:
         nbytes = os.path.getsize(path)
         if nbytes > MAX_FILE_BYTES:
@@ -102,13 +107,14 @@ def read_image(path, max_pixels=MAX_PIXELS):
         raise DataError(f"{path}: is a directory") from None
     except OSError as e:
         raise DataError(f"{path}: cannot read ({e.strerror or e})") from None
-    return decode_image(data, path, max_pixels)
+    return decode_image(data, path, max_pixels, with_scale=True)
 
 
-def decode_image(data, name="<bytes>", max_pixels=MAX_PIXELS):
+def decode_image(data, name="<bytes>", max_pixels=None, with_scale=False):
+    max_pixels = MAX_PIXELS if max_pixels is None else max_pixels
     if not data:
         raise DataError(f"{name}: empty file, not an image")
-    size, flag = None, cv2.IMREAD_COLOR_RGB
+    size, flag, scale = None, cv2.IMREAD_COLOR_RGB, 1
     if data[:2] == b"\xff\xd8":
         size, complete = _jpeg_info(data)
         if not complete:
@@ -117,7 +123,7 @@ def decode_image(data, name="<bytes>", max_pixels=MAX_PIXELS):
             for factor, reduced in ((2, cv2.IMREAD_REDUCED_COLOR_2), (4, cv2.IMREAD_REDUCED_COLOR_4),
                                     (8, cv2.IMREAD_REDUCED_COLOR_8)):
                 if size[0] * size[1] / factor ** 2 <= max_pixels:
-                    flag = reduced
+                    flag, scale = reduced, factor
                     break
             else:
                 raise DataError(f"{name}: {size[0]}x{size[1]} pixels, too large even at 1/8 size "
@@ -137,7 +143,7 @@ def decode_image(data, name="<bytes>", max_pixels=MAX_PIXELS):
         raise DataError(f"{name}: not an image OpenCV can decode (or a corrupt one)")
     if flag != cv2.IMREAD_COLOR_RGB:
         img = cv2.cvtColor(img, cv2.COLOR_BGR2RGB)
-    return img
+    return (img, scale) if with_scale else img
 
 
 def _header_size(data):
