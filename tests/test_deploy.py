@@ -259,7 +259,11 @@ def test_checkpoint_dir_with_config_embeds_as_its_export(r18, tmp_path, capsys):
     assert run(cli.embed_main, ckpt, GH, "--out", tmp_path / "x.npz") == 2
     assert "a checkpoint: pass the config it was trained with (-c CONFIG)" in capsys.readouterr().err
     assert run(cli.embed_main, export, GH, "--out", tmp_path / "x.npz") == 0
-    assert np.load(tmp_path / "x.npz")["embeddings"].shape == (1, 8)
+    from_export = np.load(tmp_path / "x.npz")["embeddings"]
+    assert from_export.shape == (1, 8)
+    assert run(cli.embed_main, ckpt, GH, "-c", SMOKE, *[x for o in ovr for x in ("-o", o)], "--out",
+               tmp_path / "c.npz") == 0
+    assert np.abs(np.load(tmp_path / "c.npz")["embeddings"] - from_export).max() < 1e-4
 
 
 # ------------------------------------------------------------------ 3. plsc-verify
