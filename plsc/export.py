@@ -153,7 +153,7 @@ def _nchw_twin(model, source_config, export_type, chw, log):
         return model
     import paddle
 
-    from plsc.engine.builders import build_backbone
+    from plsc.models.build import build_backbone
 
     cfg = copy.deepcopy(source_config)
     cfg["Model"]["data_format"] = "NCHW"

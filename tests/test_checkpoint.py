@@ -191,7 +191,7 @@ def test_resume_with_another_global_batch_keeps_the_epoch_position(tmp_path):
     ('{"files": {"../../etc/passwd": {"bytes": 1, "sha256": "x"}}, "world_size": 1}', "malformed entry '../../etc/passwd'"),
 ])
 def test_malformed_manifest_is_refused(trained, tmp_path, manifest, message):
-    from plsc.engine import checkpoint as ckpt
+    from plsc.io import checkpoint as ckpt
     from plsc.errors import CheckpointError
 
     d = tmp_path / "ckpt"

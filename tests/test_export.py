@@ -319,7 +319,7 @@ def _trained_like(model):
 def test_registered_backbone_exports_to_onnx_with_parity(name, tmp_path):
     import onnxruntime as ort
 
-    from plsc.engine.builders import build_backbone
+    from plsc.models.build import build_backbone
 
     paddle.seed(0)
     cfg = _smoke_cfg(name)
@@ -337,7 +337,7 @@ def test_registered_backbone_exports_to_onnx_with_parity(name, tmp_path):
 
 
 def test_nhwc_trained_backbone_exports_as_nchw(tmp_path):
-    from plsc.engine.builders import build_backbone
+    from plsc.models.build import build_backbone
 
     paddle.seed(1)
     cfg = _smoke_cfg("IResNet18", "NHWC")

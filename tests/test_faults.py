@@ -68,7 +68,7 @@ def test_consecutive_non_finite_steps_stop_with_a_checkpoint(tmp_path):
     e.backbone.forward = lambda x: forward(x) * (float("nan") if e.state["global_step"] >= 2 else 1.0)
     with pytest.raises(PlscError, match=r"3 consecutive steps had a non-finite loss or gradient \(last at step 5\)"):
         e.train()
-    from plsc.engine import checkpoint as ckpt
+    from plsc.io import checkpoint as ckpt
 
     saved = ckpt.load_json(str(tmp_path / "IResNet18" / "latest" / "state.json"))
     assert saved["train_state"]["global_step"] == 5 and saved["train_state"]["skipped_steps"] == 3
@@ -135,7 +135,7 @@ def test_killed_rank_ends_the_job_and_rerun_resumes(tmp_path):
             proc.communicate()
     assert proc.returncode != 0
     procs.wait_until(lambda: not procs.descendants(), 60, "every process of the killed run to end")
-    from plsc.engine import checkpoint as ckpt
+    from plsc.io import checkpoint as ckpt
 
     saved = ckpt.load_json(str(out / "IResNet18" / "latest" / "state.json"))["train_state"]["global_step"]
     assert killed_at - saved <= 3 + 1  # at most one save interval (+ the step in flight) lost

@@ -21,7 +21,7 @@ def pretrained(tmp_path_factory):
 
 
 def _backbone(ckpt_dir):
-    from plsc.engine import checkpoint as ckpt
+    from plsc.io import checkpoint as ckpt
 
     return ckpt.load_arrays(str(ckpt_dir / "backbone.npz"))
 

@@ -163,7 +163,7 @@ def test_cli_subprocess_prints_detection_and_the_overrides(tmp_path):
 
 
 def test_state_manifest_and_names_match_the_plsc_model(imported):
-    from plsc.engine import checkpoint as ckpt
+    from plsc.io import checkpoint as ckpt
     from plsc.registry import MODELS
 
     assert {m["model"] for m in FIXTURES.values()} >= {"MobileFaceNet_large", "IR_SE_50", "FaceViT_tiny_patch9_112"}
@@ -207,7 +207,7 @@ def test_vit_mask_ratio_is_printed_and_the_checkpoint_matches_it(tmp_path, capsy
     """The weights do not store mask_ratio; insightface / PLSC always save a mask_token, plsc's FaceViT has one
     only at mask_ratio > 0: the import records the ratio, prints -o Model.mask_ratio and keeps the token exactly
     when it is > 0, so export / eval / fine-tuning with the printed overrides load every key (vit_h: 0)."""
-    from plsc.engine import checkpoint as ckpt
+    from plsc.io import checkpoint as ckpt
     from plsc.inference import load_embedder
 
     vit = os.path.join(FIX, "arcface_vit_small.pth")

@@ -53,7 +53,7 @@ def smoke_ckpt(tmp_path_factory):
     """A 1-step smoke run (IResNet18 tiny) and a checkpoint of another architecture (MobileFaceNet_base)."""
     import paddle
 
-    from plsc.engine import checkpoint as ckpt
+    from plsc.io import checkpoint as ckpt
     from plsc.engine.state_io import layer_arrays
     from plsc.registry import MODELS
 

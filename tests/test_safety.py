@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 
 from plsc.data.bin import load_bin, save_bin
-from plsc.engine import checkpoint as ckpt
+from plsc.io import checkpoint as ckpt
 from plsc.errors import CheckpointError, DataError
 from plsc.registry import DATASETS
 from plsc.tools import bin_convert, pack_rec, unpack_rec

@@ -2,7 +2,7 @@
 
 `encoded_images` holds 2 x pairs JPEG/PNG byte strings (bytes; str in files written by
 Python 2, read back as bytes), `issame_list` holds one bool per pair (a list or a numpy array).
-The file is untrusted: it is read with plsc's restricted unpickler (plsc.interop.safe_pickle), which
+The file is untrusted: it is read with plsc's restricted unpickler (plsc.io.safe_pickle), which
 builds only those types and refuses every other global, so a crafted file cannot run code; the bytes
 its numpy arrays hold are charged to a budget of the file's size (8 x + 64 MiB).
 """
@@ -13,8 +13,8 @@ import numpy as np
 
 from plsc.data.regular import read_regular
 from plsc.errors import DataError
-from plsc.interop.numpy_pickle import PLAIN_DTYPES, numpy_globals
-from plsc.interop.safe_pickle import BYTES_GLOBALS, Budget, safe_loads
+from plsc.io.numpy_pickle import PLAIN_DTYPES, numpy_globals
+from plsc.io.safe_pickle import BYTES_GLOBALS, Budget, safe_loads
 
 _WHAT = "verification .bin pickle"
 _HINT = "a verification .bin may only contain byte strings, bools and numpy arrays of them"

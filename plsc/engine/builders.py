@@ -6,19 +6,7 @@ import paddle
 from plsc.data.loader import build_loader
 from plsc.env import tune_allocator
 from plsc.errors import ConfigError
-from plsc.registry import DATASETS, MODELS, SAMPLERS
-
-
-def build_backbone(cfg):
-    m = cfg["Model"]
-    kwargs = {"num_features": m["num_features"], "data_format": m["data_format"], "dropout": m["dropout"],
-              "recompute": cfg["DistributedStrategy"]["recompute"]}
-    for key in ("mask_ratio", "drop_path_rate"):  # FaceViT options; passed only when set
-        if m[key] is not None:
-            kwargs[key] = m[key]
-    if m["arch_kwargs"]:
-        kwargs["arch_kwargs"] = dict(m["arch_kwargs"])
-    return MODELS.build(m["name"], **kwargs)
+from plsc.registry import DATASETS, SAMPLERS
 
 
 def build_dataset(spec, seed):

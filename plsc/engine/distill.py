@@ -22,7 +22,7 @@ import numpy as np
 import paddle
 
 from plsc.distributed import all_reduce_sum_
-from plsc.engine import checkpoint as ckpt
+from plsc.io import checkpoint as ckpt
 from plsc.errors import ConfigError
 from plsc.models.loading import load_backbone
 from plsc.registry import MODELS

@@ -18,8 +18,9 @@ import paddle
 
 from plsc.amp import AmpPolicy, LossScaler
 from plsc.config import dump_config
-from plsc.engine import checkpoint as ckpt
-from plsc.engine.builders import apply_flags, build_backbone, build_train_loader, device_of
+from plsc.io import checkpoint as ckpt
+from plsc.engine.builders import apply_flags, build_train_loader, device_of
+from plsc.models.build import build_backbone
 from plsc.engine.dp import average_running_stats, data_parallel, no_sync
 from plsc.engine.ema import build_ema
 from plsc.engine.evaluation import Evaluator

@@ -18,7 +18,7 @@ import zipfile
 
 import numpy as np
 
-from plsc.engine import checkpoint as ckpt
+from plsc.io import checkpoint as ckpt
 from plsc.errors import CheckpointError, ConfigError
 
 CHECKPOINT_NAMES = ("latest", "best_model")
@@ -105,7 +105,7 @@ def configured_shapes(cfg):
     """{state_dict name: shape} of the backbone the config builds (built lazily: no weights)."""
     import paddle
 
-    from plsc.engine.builders import build_backbone
+    from plsc.models.build import build_backbone
 
     # a fresh name scope: the run's own layers keep the parameter names (optimizer state is keyed by them)
     with paddle.utils.unique_name.guard(), paddle.LazyGuard():

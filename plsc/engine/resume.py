@@ -1,4 +1,4 @@
-"""Save / restore a training run, and load pretrained weights, through plsc.engine.checkpoint.
+"""Save / restore a training run, and load pretrained weights, through plsc.io.checkpoint.
 
 Every rank writes its own FC shard; rank 0 writes the backbone, the dense optimizer and the run
 state. On restore each rank reads the shards it needs: at the same world size its own file, at
@@ -6,7 +6,7 @@ another world size all of them, merged and re-split for the new sharding.
 """
 import os
 
-from plsc.engine import checkpoint as ckpt
+from plsc.io import checkpoint as ckpt
 from plsc.distributed import barrier
 from plsc.engine.state_io import join_state, layer_arrays, split_state
 from plsc.errors import CheckpointError

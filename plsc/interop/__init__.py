@@ -1,6 +1,6 @@
 """Readers of other projects' checkpoints: PLSC .pdparams (+ _rank<r> FC shards), insightface
 arcface_torch .pt / .pth, AdaFace Lightning .ckpt -> plsc checkpoints. Nothing here imports torch
-or runs a general unpickler: every pickle goes through plsc.interop.safe_pickle.
+or runs a general unpickler: every pickle goes through plsc.io.safe_pickle.
 
     from plsc.interop import load_source, write_checkpoint
     src = load_source("ms1mv3_r50/model.pt")          # format + architecture detected (model= forces a name)
@@ -10,8 +10,8 @@ or runs a general unpickler: every pickle goes through plsc.interop.safe_pickle.
     src.fc, src.class_num                             # [C, D] classifier (PLSC files) or None
     write_checkpoint(src, "imported/r50", world_size=1)   # a directory Global.pretrained_model takes
 
-Modules: safe_pickle (the one restricted unpickler) and numpy_pickle (its numpy stand-ins),
-torch_file / pdparams (file readers), insightface / adaface / plsc_paddle (one per source, name
+Modules (the restricted unpickler and its numpy stand-ins are plsc.io.safe_pickle / numpy_pickle, shared
+with the .bin reader): torch_file / torch_legacy / pdparams (file readers), insightface / adaface / plsc_paddle (one per source, name
 tables as data), mapping (the table machinery), convert (detection, mapping, checks), writer (the
 checkpoint directory).
 """

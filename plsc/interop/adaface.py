@@ -13,7 +13,7 @@ import numpy as np
 
 from plsc.interop.insightface import bn_size
 from plsc.interop.mapping import ArchUnreadable, Family, arch_kwargs_against, count, nearest_member, shape_of, tensors
-from plsc.interop.safe_pickle import brief, clip
+from plsc.io.safe_pickle import brief, clip
 from plsc.models import ir
 
 PREFIX = "model."

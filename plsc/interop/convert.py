@@ -25,7 +25,7 @@ import numpy as np
 from plsc.errors import CheckpointError, PlscError
 from plsc.interop import adaface, insightface, plsc_paddle
 from plsc.interop.mapping import COUNTER_LEAVES, ArchUnreadable, check_model_family, map_keys, pick_family
-from plsc.interop.safe_pickle import brief, clip
+from plsc.io.safe_pickle import brief, clip
 
 _ZIP_MAGIC = b"PK\x03\x04"
 _MAX_LISTED = 8

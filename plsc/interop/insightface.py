@@ -10,7 +10,7 @@ holds one shard only). The three layouts' tables below are shared with PLSC `.pd
 import numpy as np
 
 from plsc.interop.mapping import ArchUnreadable, Family, arch_kwargs_against, count, nearest_member, shape_of, tensors
-from plsc.interop.safe_pickle import brief, clip
+from plsc.io.safe_pickle import brief, clip
 from plsc.models import face_vit, iresnet, mobilefacenet
 
 

@@ -14,7 +14,7 @@ import re
 import numpy as np
 
 from plsc.errors import CheckpointError
-from plsc.interop.safe_pickle import brief, clip
+from plsc.io.safe_pickle import brief, clip
 
 # source leaves that hold no weights plsc uses; reported, never silently dropped
 COUNTER_LEAVES = ("num_batches_tracked",)

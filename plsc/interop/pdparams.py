@@ -18,8 +18,8 @@ import os
 import numpy as np
 
 from plsc.errors import CheckpointError
-from plsc.interop.numpy_pickle import HALF_DTYPES, PLAIN_DTYPES, numpy_globals
-from plsc.interop.safe_pickle import BYTES_GLOBALS, Budget, Refused, StandIn, brief, container_globals, safe_loads
+from plsc.io.numpy_pickle import HALF_DTYPES, PLAIN_DTYPES, numpy_globals
+from plsc.io.safe_pickle import BYTES_GLOBALS, Budget, Refused, StandIn, brief, container_globals, safe_loads
 
 NAME_TABLE = "StructuredToParameterName@@"
 UNPACK_INFO = "UnpackBigParamInfor@@"

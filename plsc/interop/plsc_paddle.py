@@ -25,7 +25,7 @@ import numpy as np
 from plsc.errors import CheckpointError
 from plsc.interop import insightface
 from plsc.interop.pdparams import read_pdparams
-from plsc.interop.safe_pickle import brief, clip
+from plsc.io.safe_pickle import brief, clip
 
 FAMILIES = insightface.FAMILIES
 HEAD_KEYS = ("head.weight",)

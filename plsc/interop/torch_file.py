@@ -6,7 +6,7 @@ same) without importing torch: tensors come back as numpy arrays.
 Layout: `<root>/data.pkl` pickles the object; every tensor is `_rebuild_tensor_v2(storage, offset,
 size, stride, ...)` whose storage is a persistent id `('storage', torch.FloatStorage, key, location,
 numel)` naming the raw little-endian bytes in `<root>/data/<key>`; `<root>/byteorder` is 'little'.
-data.pkl goes through plsc's restricted unpickler (plsc.interop.safe_pickle): the only torch names
+data.pkl goes through plsc's restricted unpickler (plsc.io.safe_pickle): the only torch names
 allowed are the storage types and the tensor / parameter rebuild functions, bound to numpy
 stand-ins written here; the legacy (pre-1.6, non-zip) format is read by plsc.interop.torch_legacy.
 
@@ -23,7 +23,7 @@ import zipfile
 import numpy as np
 
 from plsc.errors import CheckpointError
-from plsc.interop.safe_pickle import (Budget, FileArray, Marker, Refused, StandIn, brief, check_shape, clip,
+from plsc.io.safe_pickle import (Budget, FileArray, Marker, Refused, StandIn, brief, check_shape, clip,
                                       container_globals, safe_loads)
 
 # torch storage class -> numpy dtype of its bytes ("bfloat16": uint16 widened to float32)

@@ -25,7 +25,7 @@ import pickletools
 import numpy as np
 
 from plsc.errors import CheckpointError
-from plsc.interop.safe_pickle import Budget, FileArray, Refused, StandIn, brief, clip, safe_loads
+from plsc.io.safe_pickle import Budget, FileArray, Refused, StandIn, brief, clip, safe_loads
 
 _WHAT = "legacy (torch < 1.6, non-zip) torch file"
 _PROTOCOL = 1001

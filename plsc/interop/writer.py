@@ -1,4 +1,4 @@
-"""Write an imported checkpoint as a plsc checkpoint directory (the layout of plsc.engine.checkpoint).
+"""Write an imported checkpoint as a plsc checkpoint directory (the layout of plsc.io.checkpoint).
 
     write_checkpoint(src, "imported/r50", world_size=2)
 
@@ -9,7 +9,7 @@
     state.json        model, arch_kwargs, model_options (Model.<key> the weights do not store, e.g. a
                       FaceViT's mask_ratio), num_features, class_num (null without FC), world_size (number
                       of fc files, 0 without FC), imported_from {format, path, files, sha256}, notes, unused
-    manifest.json     size and sha256 of every file (plsc.engine.checkpoint.commit_existing)
+    manifest.json     size and sha256 of every file (plsc.io.checkpoint.commit_existing)
 
 Everything is written into a temporary sibling and renamed into place, so nothing appears at the
 output path when a step fails. An existing output is replaced (with `force`) only when it is a checkpoint
@@ -20,7 +20,7 @@ is refused).
 import os
 import shutil
 
-from plsc.engine import checkpoint as ckpt
+from plsc.io import checkpoint as ckpt
 from plsc.errors import CheckpointError, PlscError
 from plsc.io import fc_shards
 

@@ -17,7 +17,7 @@ import tempfile
 
 import numpy as np
 
-from plsc.engine import checkpoint as ckpt
+from plsc.io import checkpoint as ckpt
 from plsc.errors import CheckpointError, PlscError
 from plsc.io import fc_shards
 
@@ -37,7 +37,7 @@ def _load_full(src):
     return fc_shards.read(src), None
 
 
-MERGED_KEYS = {"weight", "class_range"}  # what a merged .npz of this tool holds (plsc.engine.checkpoint)
+MERGED_KEYS = {"weight", "class_range"}  # what a merged .npz of this tool holds (plsc.io.checkpoint)
 
 
 def _check_out(path, force, kind):

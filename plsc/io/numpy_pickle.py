@@ -1,4 +1,4 @@
-"""numpy's pickles, read by plsc's restricted unpickler (plsc.interop.safe_pickle): stand-ins for
+"""numpy's pickles, read by plsc's restricted unpickler (plsc.io.safe_pickle): stand-ins for
 the names numpy uses to pickle arrays, dtypes and scalars (protocols 2-5, numpy 1.x and 2.x paths).
 
     allowed = {**numpy_globals(PLAIN_DTYPES, max_ndim=4, budget=Budget(len(data))), **BYTES_GLOBALS}
@@ -10,7 +10,7 @@ with a `Budget`, the bytes all arrays of one file copy are bounded.
 """
 import numpy as np
 
-from plsc.interop.safe_pickle import FileArray, Marker, Refused, StandIn, brief, check_shape, latin1_bytes
+from plsc.io.safe_pickle import FileArray, Marker, Refused, StandIn, brief, check_shape, latin1_bytes
 
 PLAIN_DTYPES = frozenset({"b1", "?", "u1", "i1", "<u2", "<i2", "<u4", "<i4", "<u8", "<i8", "<f4", "<f8", ">u2",
                           ">i2", ">u4", ">i4", ">u8", ">i8", ">f4", ">f8", "u2", "i2", "u4", "i4", "u8", "i8", "f4",

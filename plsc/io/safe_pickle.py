@@ -19,7 +19,7 @@ the data.pkl of torch / Lightning files) are read without running any code they 
 4. Every message that echoes a value from the file goes through `brief` (bounded in depth, items
    and characters, whatever the value is), so an error can never be slower than the read.
 
-Stand-ins for numpy's names are in plsc.interop.numpy_pickle; `container_globals()` gives inert
+Stand-ins for numpy's names are in plsc.io.numpy_pickle; `container_globals()` gives inert
 stand-ins for harmless containers that real checkpoints name (OrderedDict, Counter,
 argparse.Namespace, Lightning's AttributeDict): plain dicts, the named module is never imported;
 `BYTES_GLOBALS` the two names protocol 2 uses to spell bytes. `Budget` bounds the bytes all arrays
