@@ -20,13 +20,13 @@ vectors carry identity ids and can be removed):
            the first build's vectors, nprobe = nlist / 4 (`search_param`): a quarter of the
            gallery is scanned per query; the recall figures are in docs/benchmarks.md
 """
-import hashlib
 import json
 import os
 
 import numpy as np
 
 from plsc.errors import CheckpointError, DataError, PlscError
+from plsc.io.checkpoint import sha256_file
 
 INDEX_KINDS = ("flat", "hnsw", "ivf")
 HNSW_M, HNSW_EF_CONSTRUCTION, HNSW_EF_SEARCH = 32, 80, 256
@@ -39,14 +39,6 @@ def _faiss():
     except ImportError:
         raise PlscError("plsc-search needs faiss: pip install faiss-cpu") from None
     return faiss
-
-
-def _sha256(path):
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
 
 
 def default_search_param(kind, index):
@@ -125,7 +117,7 @@ class Gallery:
                 from None
         except (OSError, ValueError, KeyError, TypeError) as e:
             raise CheckpointError(f"{side}: not a readable plsc gallery file ({type(e).__name__}: {e})") from None
-        digest = _sha256(path)
+        digest = sha256_file(path)
         if info.get("sha256") != digest:
             raise CheckpointError(f"{path}: the index file does not match its identity list {side} (sha256 "
                                   f"differs: corrupt, truncated or replaced); rebuild it with plsc-search build")
@@ -160,7 +152,7 @@ class Gallery:
         tmp_side = tmp_index + ".json"
         try:
             faiss.write_index(self.index, tmp_index)
-            self.info["sha256"] = _sha256(tmp_index)
+            self.info["sha256"] = sha256_file(tmp_index)
             with open(tmp_side, "w") as f:
                 json.dump(self.info, f)
             os.replace(tmp_index, path)

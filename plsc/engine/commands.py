@@ -4,6 +4,7 @@ import os
 
 from plsc.engine.preflight import check_owned_outputs
 from plsc.errors import ConfigError
+from plsc.io.checkpoint import sha256_file
 
 EXPORT_FILES = ("inference.json", "inference.pdiparams", "model.onnx", "meta.json")
 
@@ -89,20 +90,13 @@ def _atomic_json(path, obj):
 RESULTS, RESULTS_MANIFEST = "eval_results.json", "eval_results.manifest.json"
 
 
-def _sha256(path):
-    import hashlib
-
-    with open(path, "rb") as f:
-        return hashlib.sha256(f.read()).hexdigest()
-
-
 def _results_unchanged(manifest):
     """plsc-eval wrote the eval_results.json beside `manifest` and nobody changed it since."""
     try:
         with open(manifest) as f:
             info = json.load(f)
         return info.get("written_by") == "plsc-eval" and \
-            info.get("sha256") == _sha256(os.path.join(os.path.dirname(manifest), RESULTS))
+            info.get("sha256") == sha256_file(os.path.join(os.path.dirname(manifest), RESULTS))
     except (OSError, ValueError, AttributeError):
         return False
 
@@ -114,7 +108,7 @@ def _write_results(run_dir, results):
         json.dump(results, f, indent=1)
     os.replace(path + ".tmp", path)
     with open(os.path.join(run_dir, RESULTS_MANIFEST), "w") as f:
-        json.dump({"written_by": "plsc-eval", "file": RESULTS, "sha256": _sha256(path)}, f, indent=1)
+        json.dump({"written_by": "plsc-eval", "file": RESULTS, "sha256": sha256_file(path)}, f, indent=1)
 
 
 def run_export(cfg):

@@ -25,7 +25,8 @@ from plsc.errors import CheckpointError
 MANIFEST = "manifest.json"
 
 
-def _sha256(path):
+def sha256_file(path):
+    """Hex sha256 of a file, read in 1 MiB blocks (checkpoint manifests, eval results, gallery indexes)."""
     h = hashlib.sha256()
     with open(path, "rb") as f:
         for chunk in iter(lambda: f.read(1 << 20), b""):
@@ -96,7 +97,7 @@ def commit_existing(ckpt_dir, world_size):
         if name == MANIFEST:
             continue
         p = os.path.join(ckpt_dir, name)
-        files[name] = {"bytes": os.path.getsize(p), "sha256": _sha256(p)}
+        files[name] = {"bytes": os.path.getsize(p), "sha256": sha256_file(p)}
     save_json(os.path.join(ckpt_dir, MANIFEST), {"plsc_version": plsc.__version__, "world_size": world_size,
                                                  "files": files})
 
@@ -125,7 +126,7 @@ def verify(ckpt_dir):
         p = os.path.join(ckpt_dir, name)
         if not os.path.isfile(p):
             raise CheckpointError(f"checkpoint {ckpt_dir}: file {name} listed in the manifest is missing")
-        if os.path.getsize(p) != info["bytes"] or _sha256(p) != info["sha256"]:
+        if os.path.getsize(p) != info["bytes"] or sha256_file(p) != info["sha256"]:
             raise CheckpointError(f"checkpoint {ckpt_dir}: file {name} is corrupt (size or sha256 differs "
                                   f"from the manifest)")
     return manifest
