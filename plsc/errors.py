@@ -1,4 +1,9 @@
-"""Errors a user can cause. The CLI prints their message and exits with code 2 (no traceback)."""
+"""Every error class of plsc.
+
+User errors (PlscError and its subclasses) are what a user can cause: the console scripts' one wrapper
+(plsc.cli.wrapper) prints their message as one line `prog: error: ...` and exits with code 2, no
+traceback. Anything else that escapes a command is plsc's own bug: traceback, exit code 1.
+"""
 
 
 class PlscError(Exception):
@@ -15,3 +20,26 @@ class DataError(PlscError):
 
 class CheckpointError(PlscError):
     """Missing, truncated or incompatible checkpoint."""
+
+
+class ExportError(PlscError):
+    """The model could not be exported, or the exported model disagrees with the dygraph model."""
+
+
+class FCStorageOverflow(PlscError):
+    """A float16-stored FC row left float16's range."""
+
+
+class UsageError(PlscError):
+    """A bad command line (unknown option, missing argument, invalid value): argparse's complaint."""
+
+
+# ------------------------------------------------------------------ internal signals
+# Raised and caught inside plsc, turned into one of the errors above (naming the file) before a user sees them.
+
+class Refused(Exception):
+    """A value the format does not use (turned into the caller's error, naming the file)."""
+
+
+class ArchUnreadable(Exception):
+    """The file's tensors do not say an architecture parameter (a tensor missing or of the wrong rank)."""

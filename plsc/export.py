@@ -25,7 +25,7 @@ import sys
 import numpy as np
 
 import plsc
-from plsc.errors import ConfigError, PlscError
+from plsc.errors import ConfigError, ExportError, PlscError
 from plsc.inference import META_FILE, MODEL_JSON, MODEL_PARAMS, OnnxEmbedder, PaddleEmbedder
 
 EXPORT_TYPES = ("paddle", "onnx")
@@ -37,10 +37,6 @@ FP16_PARITY_TOL = 1e-2
 PARITY_BATCHES = (1, 4)
 MIN_OPSET = 7
 MEAN, STD = [0.5, 0.5, 0.5], [0.5, 0.5, 0.5]
-
-
-class ExportError(PlscError):
-    """The model could not be exported, or the exported model disagrees with the dygraph model."""
 
 
 def export_model(backbone, out_dir, export_type="paddle", input_shape=(3, 112, 112), opset_version=11,

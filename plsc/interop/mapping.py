@@ -13,15 +13,11 @@ import re
 
 import numpy as np
 
-from plsc.errors import CheckpointError
+from plsc.errors import ArchUnreadable, CheckpointError
 from plsc.io.safe_pickle import brief, clip
 
 # source leaves that hold no weights plsc uses; reported, never silently dropped
 COUNTER_LEAVES = ("num_batches_tracked",)
-
-
-class ArchUnreadable(Exception):
-    """The file's tensors do not say an architecture parameter (a tensor missing or of the wrong rank)."""
 
 
 def shape_of(shapes, key, ndim):

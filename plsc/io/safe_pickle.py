@@ -33,11 +33,9 @@ import pickletools
 
 import numpy as np
 
+from plsc.errors import Refused
+
 _SMALL_INT = 1 << 31
-
-
-class Refused(Exception):
-    """A value the format does not use (turned into the caller's error, naming the file)."""
 
 
 # ------------------------------------------------------------------ bounded descriptions of file values

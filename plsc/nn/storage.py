@@ -33,17 +33,13 @@ raises FCStorageOverflow on every rank (the engine then saves a checkpoint and s
 import numpy as np
 import paddle
 
-from plsc.errors import PlscError
+from plsc.errors import FCStorageOverflow
 from plsc.nn.rows import put_rows, set_rows_, take_rows
 
 STORAGE_DTYPES = ("float32", "bfloat16", "float16")
 FLOAT16_MAX = 65504.0
 _DROP = {"bfloat16": 16, "float16": 13}
 _M32 = 0xFFFFFFFF
-
-
-class FCStorageOverflow(PlscError):
-    """A float16-stored FC row left float16's range."""
 
 
 def _hash32(x):
