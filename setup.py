@@ -1,11 +1,15 @@
+import re
+
 from setuptools import find_packages, setup
 
 with open("README.md", encoding="utf-8") as f:
     long_description = f.read()
+with open("plsc/__init__.py", encoding="utf-8") as f:  # one version: plsc.__version__ (plsc --version prints it)
+    version = re.search(r'^__version__ = "([^"]+)"', f.read(), re.M).group(1)
 
 setup(
     name="plsc",
-    version="0.1.0",
+    version=version,
     description="Large-scale face recognition training on PaddlePaddle: sharded PartialFC, margin heads, "
                 "RecordIO data, verification/IJB evaluation, ONNX export",
     long_description=long_description,
@@ -31,21 +35,22 @@ setup(
     },
     entry_points={
         "console_scripts": [
-            "plsc-train=plsc.cli:train_main",
-            "plsc-eval=plsc.cli:eval_main",
-            "plsc-export=plsc.cli:export_main",
-            "plsc-demo=plsc.demo.run:main",
-            "plsc-ijb=plsc.tools.ijb_eval:main",
-            "plsc-pack-rec=plsc.tools.pack_rec:main",
-            "plsc-unpack-rec=plsc.tools.unpack_rec:main",
-            "plsc-inspect-rec=plsc.tools.inspect_rec:main",
-            "plsc-bin-convert=plsc.tools.bin_convert:main",
-            "plsc-fc-shards=plsc.tools.fc_shards:main",
-            "plsc-import=plsc.tools.import_ckpt:main",
-            "plsc-embed=plsc.deploy.cli:embed_main",
-            "plsc-verify=plsc.deploy.cli:verify_main",
-            "plsc-calibrate=plsc.deploy.cli:calibrate_main",
-            "plsc-search=plsc.deploy.cli:search_main",
+            "plsc=plsc.cli.main:main",
+            "plsc-train=plsc.cli.train:train_main",
+            "plsc-eval=plsc.cli.train:eval_main",
+            "plsc-export=plsc.cli.train:export_main",
+            "plsc-ijb=plsc.cli.ijb:ijb_main",
+            "plsc-import=plsc.cli.interop:import_main",
+            "plsc-pack-rec=plsc.cli.data:pack_rec_main",
+            "plsc-unpack-rec=plsc.cli.data:unpack_rec_main",
+            "plsc-inspect-rec=plsc.cli.data:inspect_rec_main",
+            "plsc-bin-convert=plsc.cli.data:bin_convert_main",
+            "plsc-fc-shards=plsc.cli.data:fc_shards_main",
+            "plsc-embed=plsc.cli.deploy:embed_main",
+            "plsc-verify=plsc.cli.deploy:verify_main",
+            "plsc-calibrate=plsc.cli.deploy:calibrate_main",
+            "plsc-search=plsc.cli.search:search_main",
+            "plsc-demo=plsc.cli.demo:demo_main",
         ]
     },
 )

@@ -4,10 +4,12 @@ import os
 import subprocess
 import sys
 
+DEMO = "import sys; from plsc.cli.demo import demo_main; sys.exit(demo_main())"  # plsc-demo
+
 
 def test_quick_demo_end_to_end(tmp_path):
     out = tmp_path / "demo"
-    proc = subprocess.run([sys.executable, "-c", "import sys; from plsc.demo.run import main; sys.exit(main())",
+    proc = subprocess.run([sys.executable, "-c", DEMO,
                            "--quick", "--out", str(out)], capture_output=True, text=True, timeout=600)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     s = json.loads((out / "summary.json").read_text())
@@ -26,6 +28,6 @@ def test_quick_demo_end_to_end(tmp_path):
     assert bars[-1].split("step ")[1].split()[0] == f"{s['steps']}/{s['steps']}"
     assert "[demo] train done in" in proc.stdout
     # a second run into the same folder is refused unless --force
-    again = subprocess.run([sys.executable, "-c", "import sys; from plsc.demo.run import main; sys.exit(main())",
+    again = subprocess.run([sys.executable, "-c", DEMO,
                             "--quick", "--out", str(out)], capture_output=True, text=True, timeout=60)
     assert again.returncode == 2 and "already holds a demo run" in again.stderr

@@ -18,7 +18,8 @@ import matplotlib
 import numpy as np
 import pytest
 
-from plsc.deploy import cli
+from plsc.cli import deploy as cli
+from plsc.cli.search import search_main
 from plsc.deploy.images import read_image
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -86,11 +87,11 @@ def pool(tmp_path_factory):
 def r18(tmp_path_factory):
     """The imported insightface r18 fixture: (checkpoint dir, its -o overrides, export dir with model.onnx)."""
     from plsc.cli import export_main
-    from plsc.tools import import_ckpt
+    from plsc.cli.interop import import_main
 
     base = tmp_path_factory.mktemp("r18")
     ckpt = base / "ckpt"
-    assert import_ckpt.main([os.path.join(FIX, "interop", "arcface_r18_thin.pth"), "--out", str(ckpt)]) == 0
+    assert import_main([os.path.join(FIX, "interop", "arcface_r18_thin.pth"), "--out", str(ckpt)]) == 0
     ovr = ["Model.name=IResNet18", "Model.num_features=8",
            'Model.arch_kwargs={"layers": [2, 1, 1, 1], "widths": [8, 16, 16, 24]}']
     export_main(["-c", SMOKE, *[x for o in ovr for x in ("-o", o)], "-o", f"Global.pretrained_model={ckpt}",
@@ -372,14 +373,14 @@ def _gallery(tmp_path):
 
 
 def _query(capsys, index, *images, extra=()):
-    assert run(cli.search_main, "query", index, *images, *extra) == 0
+    assert run(search_main, "query", index, *images, *extra) == 0
     return [json.loads(line) for line in capsys.readouterr().out.splitlines()]
 
 
 def test_plsc_search_build_query_add_remove_with_known_answers(pool, tmp_path, capsys):
     g, var = _gallery(tmp_path)
     index = tmp_path / "g.faiss"
-    assert run(cli.search_main, "build", pool, g, "--out", index) == 0
+    assert run(search_main, "build", pool, g, "--out", index) == 0
     r = capsys.readouterr()
     assert "4 identities (4 vectors, flat)" in r.out
     assert "identity 'nobody'" in r.err and "no photo with a face" in r.err
@@ -404,13 +405,13 @@ def test_plsc_search_build_query_add_remove_with_known_answers(pool, tmp_path, c
     assert out[0]["accepted"] is True and out[2]["accepted"] is True and out[1]["accepted"] is False
     assert len(out[0]["matches"]) == 2 and out[0]["matches"][0]["score"] > out[0]["matches"][1]["score"]
     # remove bob: his photo no longer finds him; add a new identity without a rebuild
-    assert run(cli.search_main, "remove", index, "bob", "zed") == 0
+    assert run(search_main, "remove", index, "bob", "zed") == 0
     assert "skipped: identity 'zed' is not in the gallery" in capsys.readouterr().err
     assert _query(capsys, index, probe_bob)[0]["identity"] != "bob"
     (tmp_path / "new" / "stranger").mkdir(parents=True)
     for k in range(2):
         write(tmp_path / "new" / "stranger" / f"{k}.png", pattern(77, noise=10, rng=rng))
-    assert run(cli.search_main, "add", index, tmp_path / "new") == 0
+    assert run(search_main, "add", index, tmp_path / "new") == 0
     assert "added 1 identities" in capsys.readouterr().out
     got = _query(capsys, index, unknown)[0]
     assert got["identity"] == "stranger" and got["accepted"] is True
@@ -442,21 +443,21 @@ def test_index_of_another_model_or_corrupt_is_refused(pool, r18, tmp_path, capsy
     g, _ = _gallery(tmp_path)
     shutil.rmtree(g / "grace")
     index = tmp_path / "g.faiss"
-    assert run(cli.search_main, "build", pool, g, "--out", index) == 0
+    assert run(search_main, "build", pool, g, "--out", index) == 0
     capsys.readouterr()
     for model in (r18[2], os.path.join(r18[2], "model.onnx")):  # another model, another embedding size
-        assert run(cli.search_main, "query", index, GH, "--model", model) == 2
+        assert run(search_main, "query", index, GH, "--model", model) == 2
         err = capsys.readouterr().err
         assert "plsc-search: error: the gallery was built with another model" in err and "embedding size 588 vs 8" \
             in err
     data = open(index, "rb").read()
     open(index, "wb").write(data[: len(data) // 2])
-    assert run(cli.search_main, "query", index, GH) == 2
+    assert run(search_main, "query", index, GH) == 2
     assert "does not match its identity list" in capsys.readouterr().err
     os.remove(str(index) + ".json")
-    assert run(cli.search_main, "query", index, GH) == 2
+    assert run(search_main, "query", index, GH) == 2
     assert "g.faiss.json is missing" in capsys.readouterr().err
-    assert run(cli.search_main, "build", pool, tmp_path / "empty_gallery", "--out", tmp_path / "e.faiss") == 2
+    assert run(search_main, "build", pool, tmp_path / "empty_gallery", "--out", tmp_path / "e.faiss") == 2
     assert "not a folder" in capsys.readouterr().err and not os.path.exists(tmp_path / "e.faiss")
 
 
@@ -477,7 +478,7 @@ def test_python_api_embed_gallery_search(pool):
 def test_per_image_gallery_enrols_every_photo_and_lists_an_identity_once(pool, tmp_path, capsys):
     g, _ = _gallery(tmp_path)
     index = tmp_path / "p.faiss"
-    assert run(cli.search_main, "build", pool, g, "--out", index, "--per-image", "--index", "hnsw") == 0
+    assert run(search_main, "build", pool, g, "--out", index, "--per-image", "--index", "hnsw") == 0
     assert "4 identities (11 vectors, hnsw)" in capsys.readouterr().out  # 3 x 3 patterns + 2 photos of grace
     side = json.load(open(str(index) + ".json"))
     assert side["per_image"] is True and side["search_param"] == 256

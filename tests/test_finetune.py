@@ -199,7 +199,7 @@ def test_a_teacher_fed_other_pixels_is_refused(tmp_path):
 
     from test_interop import R18
 
-    r = subprocess.run([sys.executable, "-m", "plsc.tools.import_ckpt", R18, "--out", str(tmp_path / "teacher")],
+    r = subprocess.run([sys.executable, "-m", "plsc.cli", "import", R18, "--out", str(tmp_path / "teacher")],
                        capture_output=True, text=True, timeout=600)
     assert r.returncode == 0, r.stderr[-2000:]
     for k in range(4):

@@ -292,13 +292,13 @@ def _write_pool_onnx(path):
 
 
 def test_cli_with_onnx_model(ijb_root, tmp_path, capsys):
-    from plsc.tools.ijb_eval import main
+    from plsc.cli.ijb import ijb_main as main
 
     root, _ = ijb_root
     _write_pool_onnx(str(tmp_path / "pool.onnx"))
     out = tmp_path / "out"
     assert main(["--model", str(tmp_path / "pool.onnx"), "--root", root, "--target", "IJBC", "--out", str(out),
-                 "--batch-size", "16", "--no-det-weight", "--save-scores"]) is None  # console script: exit 0
+                 "--batch-size", "16", "--no-det-weight", "--save-scores"]) == 0  # console script: exit 0
     res = json.loads((out / "ijbc_results.json").read_text())
     png = cv2.imread(str(out / "ijbc_roc.png"))
     assert png is not None and png.shape[0] > 100
@@ -311,7 +311,7 @@ def test_cli_with_onnx_model(ijb_root, tmp_path, capsys):
 
 
 def test_cli_errors_exit_2(tmp_path, capsys):
-    from plsc.tools.ijb_eval import main
+    from plsc.cli.ijb import ijb_main as main
 
     root = str(tmp_path / "IJBC")
     make_ijb(root)
@@ -325,7 +325,7 @@ def test_cli_errors_exit_2(tmp_path, capsys):
 def test_a_1n_problem_keeps_the_1to1_results(tmp_path, capsys):
     """A gallery list that misses a probe subject's template: 1:N fails, the 1:1 results (and the
     template embeddings asked for) are written before it, and the error says where they are."""
-    from plsc.tools.ijb_eval import main
+    from plsc.cli.ijb import ijb_main as main
 
     root = str(tmp_path / "IJBC")
     make_ijb(root)
@@ -408,7 +408,7 @@ def test_cli_two_ranks(ijb_root, tmp_path):
     script.write_text(textwrap.dedent(f"""
         import sys
         sys.path.insert(0, {ROOT!r})
-        from plsc.tools.ijb_eval import main
+        from plsc.cli.ijb import ijb_main as main
         main(sys.argv[1:])
     """))
     out = tmp_path / "out2"
@@ -422,7 +422,7 @@ def test_cli_two_ranks(ijb_root, tmp_path):
 def test_cli_with_a_training_checkpoint(ijb_root, tmp_path):
     from plsc.config import load_config
     from plsc.engine.engine import Engine
-    from plsc.tools.ijb_eval import main
+    from plsc.cli.ijb import ijb_main as main
 
     root, _ = ijb_root
     cfg_path = os.path.join(ROOT, "configs", "smoke", "IResNet_tiny_random.yaml")

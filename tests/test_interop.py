@@ -19,9 +19,9 @@ import numpy as np
 import pytest
 
 from plsc.cli import eval_main, export_main
+from plsc.cli.interop import import_main
 from plsc.data.bin import save_bin
 from plsc.interop.torch_file import read_torch_file
-from plsc.tools import import_ckpt
 from test_fuzz import bounded  # a hang (SIGALRM) or a traced peak allocation above a bound fails the test
 from test_safety import list_dag, tuple_dag
 
@@ -51,8 +51,11 @@ def rel_l2(a, b):
 
 
 def plsc_import(*args):
-    """plsc-import in-process (its console-script main)."""
-    return import_ckpt.main([str(a) for a in args])
+    """plsc-import in-process (its console-script entry) -> its exit code."""
+    try:
+        return import_main([str(a) for a in args])
+    except SystemExit as e:
+        return e.code
 
 
 def printed_overrides(stdout):
@@ -151,7 +154,7 @@ def test_fixtures_are_small():
 
 def test_cli_subprocess_prints_detection_and_the_overrides(tmp_path):
     out = tmp_path / "r18"
-    r = subprocess.run([sys.executable, "-m", "plsc.tools.import_ckpt", R18, "--out", str(out)], capture_output=True,
+    r = subprocess.run([sys.executable, "-m", "plsc.cli", "import", R18, "--out", str(out)], capture_output=True,
                        text=True, cwd=ROOT, timeout=300)
     assert r.returncode == 0, r.stderr
     assert "detected: IResNet18 with arch_kwargs {'layers': [2, 1, 1, 1], 'widths': [8, 16, 16, 24]}" in r.stdout

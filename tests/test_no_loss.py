@@ -78,7 +78,7 @@ def smoke_ckpt(tmp_path_factory):
 # ---------------------------------------------------------------- 1. strict loading
 def test_another_architecture_is_refused_by_every_loader(smoke_ckpt, tmp_path, capsys):
     from plsc.cli import eval_main, export_main
-    from plsc.tools.ijb_eval import main as ijb_main
+    from plsc.cli.ijb import ijb_main
 
     _, mfn = smoke_ckpt
     before = tree(mfn)
@@ -239,7 +239,7 @@ def test_export_and_eval_do_not_replace_files_they_did_not_write(smoke_ckpt, tmp
 
 
 def test_fc_shards_force_never_removes_a_folder_it_did_not_write(smoke_ckpt, tmp_path, capsys):
-    from plsc.tools.fc_shards import main as shards_main
+    from plsc.cli.data import fc_shards_main as shards_main
 
     run, _ = smoke_ckpt
     user = tmp_path / "mine"
@@ -265,7 +265,7 @@ def test_fc_shards_force_never_removes_a_folder_it_did_not_write(smoke_ckpt, tmp
 
 
 def test_import_force_replaces_only_its_own_imports(smoke_ckpt, tmp_path, capsys):
-    from plsc.tools.import_ckpt import main as import_main
+    from plsc.cli.interop import import_main
 
     run, _ = smoke_ckpt
     r18 = os.path.join(ROOT, "tests", "fixtures", "interop", "arcface_r18_thin.pth")
@@ -279,7 +279,7 @@ def test_import_force_replaces_only_its_own_imports(smoke_ckpt, tmp_path, capsys
 def test_ijb_does_not_replace_results_it_did_not_write(tmp_path, capsys):
     from test_ijb import _write_pool_onnx, make_ijb
 
-    from plsc.tools.ijb_eval import main as ijb_main
+    from plsc.cli.ijb import ijb_main
 
     make_ijb(str(tmp_path / "ijb"), one_to_n=False)
     _write_pool_onnx(str(tmp_path / "pool.onnx"))
@@ -297,7 +297,7 @@ def test_ijb_does_not_replace_results_it_did_not_write(tmp_path, capsys):
 
 
 def test_demo_force_does_not_remove_a_folder_that_is_not_a_demo(tmp_path, capsys):
-    from plsc.demo.run import main as demo_main
+    from plsc.cli.demo import demo_main
 
     (tmp_path / "notes.txt").write_text("keep me")
     code, _, err = run_cli(demo_main, ["--quick", "--out", str(tmp_path), "--force"], capsys)
@@ -420,9 +420,12 @@ def test_pack_rec_and_bin_convert_refuse_a_fifo_image(tmp_path):
     cv2.imwrite(str(faces / "a.jpg"), np.full((112, 112, 3), 90, np.uint8))
     os.mkfifo(faces / "b.jpg")
     (tmp_path / "faces" / "label.txt").write_text("id0/a.jpg\tid0/b.jpg\t1\n")
-    script = ("import sys\nfrom plsc.tools import pack_rec, bin_convert\n"
-              f"print('RC', pack_rec.main([{str(tmp_path / 'faces')!r}, {str(tmp_path / 'rec')!r}, '--workers', '1']),"
-              f" bin_convert.main(['to-bin', {str(tmp_path / 'faces')!r}, {str(tmp_path / 'v.bin')!r}]))\n")
+    script = ("from plsc.cli.data import bin_convert_main, pack_rec_main\n"
+              "def code(main, argv):\n    try:\n        return main(argv)\n    except SystemExit as e:\n"
+              "        return e.code\n"
+              f"print('RC', code(pack_rec_main, [{str(tmp_path / 'faces')!r}, {str(tmp_path / 'rec')!r},"
+              f" '--workers', '1']), code(bin_convert_main, ['to-bin', {str(tmp_path / 'faces')!r},"
+              f" {str(tmp_path / 'v.bin')!r}]))\n")
     r = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, cwd=ROOT, timeout=120)
     assert "RC 2 2" in r.stdout, r.stdout[-2000:] + r.stderr[-2000:]
     assert r.stderr.count(f"image {faces / 'b.jpg'} is a FIFO (named pipe), not a regular file: not read") == 2

@@ -10,11 +10,19 @@ import cv2
 import numpy as np
 import pytest
 
+from plsc.cli import data as cli
 from plsc.data.bin import load_bin, save_bin
 from plsc.io import checkpoint as ckpt
 from plsc.errors import CheckpointError, DataError
 from plsc.registry import DATASETS
-from plsc.tools import bin_convert, pack_rec, unpack_rec
+
+
+def exit_code(main, argv):
+    """A console script run in this process -> its exit code (0 returned, any other code through SystemExit)."""
+    try:
+        return main(argv)
+    except SystemExit as e:
+        return e.code
 
 
 class RunsCommand:
@@ -78,7 +86,7 @@ def test_malicious_bin_through_the_dataset_and_the_converter(tmp_path, capsys):
     with pytest.raises(DataError, match=r"lfw.bin: refused to load global 'posix.system'"):
         DATASETS.build("FaceBinDataset", bin_path=str(path), seed=0)
     assert not marker.exists()
-    assert bin_convert.main(["to-pairs", str(path), str(tmp_path / "pairs")]) == 2
+    assert exit_code(cli.bin_convert_main, ["to-pairs", str(path), str(tmp_path / "pairs")]) == 2
     err = capsys.readouterr().err
     assert "lfw.bin" in err and "posix.system" in err and "Traceback" not in err
     assert not marker.exists() and not (tmp_path / "pairs").exists()
@@ -205,7 +213,7 @@ def test_pack_rec_refuses_paths_leaving_the_root(tmp_path, capsys, entry):
     (tmp_path / "outside.png").write_bytes(png(9))
     label = tmp_path / "faces" / "label.txt"
     label.write_text(f"id0/0.png\t0\n{entry}\t1\n")
-    assert pack_rec.main([str(label), str(tmp_path / "rec"), "--workers", "1"]) == 2
+    assert exit_code(cli.pack_rec_main, [str(label), str(tmp_path / "rec"), "--workers", "1"]) == 2
     err = capsys.readouterr().err
     assert "line 2" in err and repr(entry) in err
     assert not (tmp_path / "rec").exists() or _files_under(tmp_path / "rec") == []
@@ -214,7 +222,7 @@ def test_pack_rec_refuses_paths_leaving_the_root(tmp_path, capsys, entry):
 def test_pack_rec_name_cannot_leave_the_output_folder(tmp_path, capsys):
     _faces(tmp_path / "faces")
     for name in ("../escaped", "/tmp/escaped", "sub/escaped", ".."):
-        assert pack_rec.main([str(tmp_path / "faces"), str(tmp_path / "out" / "rec"), "--name", name,
+        assert exit_code(cli.pack_rec_main, [str(tmp_path / "faces"), str(tmp_path / "out" / "rec"), "--name", name,
                               "--workers", "1"]) == 2
         assert "--name" in capsys.readouterr().err
     assert not any(p.name.startswith("escaped") for p in tmp_path.rglob("*"))
@@ -228,7 +236,7 @@ def test_pair_labels_with_escaping_paths_are_refused(tmp_path, capsys):
     (tmp_path / "secret.png").write_bytes(png(5))
     for bad in ("../secret.png", "/etc/hostname"):
         (pairs / "label.txt").write_text(f"images/0.png\timages/1.png\t1\nimages/0.png\t{bad}\t0\n")
-        assert bin_convert.main(["to-bin", str(pairs), str(tmp_path / "out.bin")]) == 2
+        assert exit_code(cli.bin_convert_main, ["to-bin", str(pairs), str(tmp_path / "out.bin")]) == 2
         assert repr(bad) in capsys.readouterr().err and not (tmp_path / "out.bin").exists()
         with pytest.raises(DataError, match="line 2"):
             DATASETS.build("FaceVerificationDataset", image_root=str(pairs),
@@ -241,30 +249,30 @@ def test_outputs_are_never_overwritten_without_force(tmp_path, capsys):
     rec = tmp_path / "rec"
     rec.mkdir()
     (rec / "train.idx").write_text("precious\n")
-    assert pack_rec.main([str(tmp_path / "faces"), str(rec), "--workers", "1"]) == 2
+    assert exit_code(cli.pack_rec_main, [str(tmp_path / "faces"), str(rec), "--workers", "1"]) == 2
     assert (rec / "train.idx").read_text() == "precious\n" and not (rec / "train.rec").exists()
-    assert pack_rec.main([str(tmp_path / "faces"), str(rec), "--workers", "1", "--force"]) == 0
+    assert exit_code(cli.pack_rec_main, [str(tmp_path / "faces"), str(rec), "--workers", "1", "--force"]) == 0
     assert (rec / "train.idx").read_text() != "precious\n"
 
     out = tmp_path / "out"
     out.mkdir()
     (out / "label.txt").write_text("precious\n")
-    assert unpack_rec.main([str(rec), str(out)]) == 2
+    assert exit_code(cli.unpack_rec_main, [str(rec), str(out)]) == 2
     assert (out / "label.txt").read_text() == "precious\n" and not (out / "images").exists()
-    assert unpack_rec.main([str(rec), str(out), "--force"]) == 0
+    assert exit_code(cli.unpack_rec_main, [str(rec), str(out), "--force"]) == 0
     files = _files_under(out)
     assert "label.txt" in files and all(f == "label.txt" or f.startswith("images/") for f in files)
 
     save_bin(str(tmp_path / "v.bin"), [png(0), png(1)], [True])
     pairs = tmp_path / "pairs"
     (pairs / "images").mkdir(parents=True)
-    assert bin_convert.main(["to-pairs", str(tmp_path / "v.bin"), str(pairs)]) == 2
+    assert exit_code(cli.bin_convert_main, ["to-pairs", str(tmp_path / "v.bin"), str(pairs)]) == 2
     assert os.listdir(pairs / "images") == []
-    assert bin_convert.main(["to-pairs", str(tmp_path / "v.bin"), str(pairs), "--force"]) == 0
+    assert exit_code(cli.bin_convert_main, ["to-pairs", str(tmp_path / "v.bin"), str(pairs), "--force"]) == 0
     (tmp_path / "new.bin").write_bytes(b"precious")
-    assert bin_convert.main(["to-bin", str(pairs), str(tmp_path / "new.bin")]) == 2
+    assert exit_code(cli.bin_convert_main, ["to-bin", str(pairs), str(tmp_path / "new.bin")]) == 2
     assert (tmp_path / "new.bin").read_bytes() == b"precious"
-    assert bin_convert.main(["to-bin", str(pairs), str(tmp_path / "new.bin"), "--force"]) == 0
+    assert exit_code(cli.bin_convert_main, ["to-bin", str(pairs), str(tmp_path / "new.bin"), "--force"]) == 0
     assert load_bin(str(tmp_path / "new.bin"))[0] == [png(0), png(1)]
     assert capsys.readouterr().err.count("--force") == 4
 
@@ -273,7 +281,7 @@ def test_force_never_writes_through_a_planted_symlink(tmp_path, capsys):
     """--force replaces outputs inside the folder; a symbolic link in the output pointing elsewhere
     (images/ -> another folder, train.rec.part -> a file) is refused and the target stays untouched."""
     _faces(tmp_path / "faces")
-    assert pack_rec.main([str(tmp_path / "faces"), str(tmp_path / "rec"), "--workers", "1"]) == 0
+    assert exit_code(cli.pack_rec_main, [str(tmp_path / "faces"), str(tmp_path / "rec"), "--workers", "1"]) == 0
     victim = tmp_path / "victim"
     victim.mkdir()
     (victim / "keep.txt").write_text("precious")
@@ -281,19 +289,20 @@ def test_force_never_writes_through_a_planted_symlink(tmp_path, capsys):
     out = tmp_path / "out"
     out.mkdir()
     os.symlink(victim, out / "images")
-    assert unpack_rec.main([str(tmp_path / "rec"), str(out), "--force"]) == 2
+    assert exit_code(cli.unpack_rec_main, [str(tmp_path / "rec"), str(out), "--force"]) == 2
     assert "outside the output folder" in capsys.readouterr().err
     assert os.listdir(victim) == ["keep.txt"]
 
     save_bin(str(tmp_path / "v.bin"), [png(0), png(1)], [True])
-    assert bin_convert.main(["to-pairs", str(tmp_path / "v.bin"), str(out), "--force"]) == 2
+    assert exit_code(cli.bin_convert_main, ["to-pairs", str(tmp_path / "v.bin"), str(out), "--force"]) == 2
     assert "outside the output folder" in capsys.readouterr().err and os.listdir(victim) == ["keep.txt"]
 
     os.symlink(victim / "keep.txt", tmp_path / "rec" / "train.rec.part")
-    assert pack_rec.main([str(tmp_path / "faces"), str(tmp_path / "rec"), "--workers", "1", "--force"]) == 2
+    assert exit_code(cli.pack_rec_main,
+                     [str(tmp_path / "faces"), str(tmp_path / "rec"), "--workers", "1", "--force"]) == 2
     assert "outside the output folder" in capsys.readouterr().err
     assert (victim / "keep.txt").read_text() == "precious"
 
     (tmp_path / "afile").write_text("x")  # an output "folder" that is a file: a DataError, not an OSError
-    assert pack_rec.main([str(tmp_path / "faces"), str(tmp_path / "afile"), "--workers", "1"]) == 2
+    assert exit_code(cli.pack_rec_main, [str(tmp_path / "faces"), str(tmp_path / "afile"), "--workers", "1"]) == 2
     assert "cannot create output folder" in capsys.readouterr().err

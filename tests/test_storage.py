@@ -206,7 +206,7 @@ def test_training_saves_16_bit_shards_resumes_as_float32_and_float16_overflow_st
     shard = fc_shards.read(latest / "fc_rank0.npz")
     assert fc_shards.storage_dtype(shard) == "bfloat16" and shard["weight"].dtype == np.uint16
     assert shard["weight"].nbytes + shard["momentum"].nbytes == 4 * 32 * 16
-    from plsc.tools.fc_shards import main as shards_main  # plsc-fc-shards keeps the 16-bit rows as they are
+    from plsc.cli.data import fc_shards_main as shards_main  # plsc-fc-shards keeps the 16-bit rows as they are
     assert shards_main(["split", str(latest), "--world-size", "2", "--out", str(tmp_path / "w2")]) == 0
     halves = [fc_shards.read(tmp_path / "w2" / f"fc_rank{r}.npz") for r in range(2)]
     assert all(fc_shards.storage_dtype(h) == "bfloat16" for h in halves)

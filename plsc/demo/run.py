@@ -12,7 +12,6 @@ configs/demo/IResNet_fontfaces.yaml (model-parallel PartialFC + ArcFace); then p
 plsc-export (ONNX with the parity check) run on the best checkpoint and the ONNX model is
 evaluated again, so the summary shows the same accuracy from both.
 """
-import argparse
 import json
 import os
 import re
@@ -84,7 +83,7 @@ def _entry_script(out_dir, cmd):
     """A two-line script the launcher can run on every rank (works with or without console scripts)."""
     path = os.path.join(out_dir, f"_{cmd}_entry.py")
     with open(path, "w") as f:
-        f.write(f"from plsc.cli import {cmd}_main\n{cmd}_main()\n")
+        f.write(f"from plsc.cli.train import {cmd}_main\n{cmd}_main()\n")
     return path
 
 
@@ -137,35 +136,20 @@ def plot(out_dir, steps, acc):
     return paths
 
 
-def main(argv=None):
-    p = argparse.ArgumentParser(prog="plsc-demo", description=__doc__,
-                                formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--out", default="./output/demo", help="output folder (data, run, export, plots)")
-    p.add_argument("--quick", action="store_true", help="a ~2 minute version (CI)")
-    p.add_argument("--nproc", type=int, default=2, help="training ranks (default 2)")
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--force", action="store_true", help="reuse --out even if it holds an earlier demo")
-    args = p.parse_args(argv)
-    try:
-        return _main(args)
-    except PlscError as e:
-        print(f"plsc-demo: error: {e}", file=sys.stderr)
-        return 2
-
-
 MARKER = ".plsc-demo"
 
 
-def _main(args):
-    spec = QUICK if args.quick else FULL
-    out = os.path.abspath(args.out)
+def run_demo(out="./output/demo", quick=False, nproc=2, seed=0, force=False):
+    """The whole demo into the folder `out` (see the module's text); -> 0."""
+    spec = QUICK if quick else FULL
+    out = os.path.abspath(out)
     if os.path.lexists(out) and not os.path.isdir(out):
         raise PlscError(f"{out} exists and is not a folder; choose another --out")
     if os.path.isdir(out) and os.listdir(out):
         if not any(os.path.isfile(os.path.join(out, n)) for n in ("summary.json", MARKER)):  # (an interrupted demo)
             raise PlscError(f"{out} is a folder that does not hold a demo run (no {MARKER}): not replaced, also "
                             f"with --force; choose another --out")
-        if not args.force:
+        if not force:
             raise PlscError(f"{out} already holds a demo run; pass --force to replace it or choose --out")
     shutil.rmtree(out, ignore_errors=True)
     os.makedirs(out)
@@ -173,14 +157,14 @@ def _main(args):
         f.write("written by plsc-demo: plsc-demo --force may replace this folder\n")
     t0 = time.time()
     data = os.path.join(out, "data")
-    classes = build_data(data, spec, args.seed)
+    classes = build_data(data, spec, seed)
     cfg = config_path()
     common = ["-c", cfg, "-o", f"Global.output_dir={out}/run", "-o", f"Model.class_num={classes}",
               "-o", f"DataLoader.Train.dataset.root_dir={data}",
               "-o", f"DataLoader.Eval.dataset.0.bin_path={data}/fontfaces_val.bin"]
     for o in spec["overrides"]:
         common += ["-o", o]
-    train_cmd = [sys.executable, "-m", "paddle.distributed.launch", "--nproc_per_node", str(args.nproc),
+    train_cmd = [sys.executable, "-m", "paddle.distributed.launch", "--nproc_per_node", str(nproc),
                  "--log_dir", os.path.join(out, "launch_logs"), _entry_script(out, "train"), *common,
                  "-o", f"Global.epochs={spec['epochs']}"]
     t = time.time()
@@ -209,7 +193,7 @@ def _main(args):
     ips = [v[2] for s, v in sorted(steps.items())[1:]] or [0.0]
     r, ro = ckpt_results["fontfaces_val"], onnx_results["fontfaces_val"]
     summary = {
-        "identities": classes, "train_images": classes * spec["images_per_class"], "ranks": args.nproc,
+        "identities": classes, "train_images": classes * spec["images_per_class"], "ranks": nproc,
         "steps": max(steps) if steps else 0, "first_loss": steps[min(steps)][1], "last_loss": steps[max(steps)][1],
         "accuracy": r["acc"], "accuracy_std": r["std"], "xnorm": r["xnorm"], "onnx_accuracy": ro["acc"],
         "images_per_sec": float(np.median(ips)), "train_seconds": train_s, "total_seconds": time.time() - t0,
@@ -220,7 +204,7 @@ def _main(args):
     print(f"""
 [demo] summary
   data         {classes} identities, {summary['train_images']} training images; {len(r) and spec['pairs']} pairs of unseen characters
-  training     {summary['steps']} steps on {args.nproc} ranks in {train_s:.0f} s, {summary['images_per_sec']:.1f} images/s,
+  training     {summary['steps']} steps on {nproc} ranks in {train_s:.0f} s, {summary['images_per_sec']:.1f} images/s,
                loss {summary['first_loss']:.3f} -> {summary['last_loss']:.3f}
   verification accuracy {r['acc']:.4f} +- {r['std']:.4f} (chance 0.5), XNorm {r['xnorm']:.2f}; ONNX model: {ro['acc']:.4f}
   files        {ckpt}
@@ -228,7 +212,3 @@ def _main(args):
                {', '.join(plots)}
   total        {summary['total_seconds']:.0f} s""", flush=True)
     return 0
-
-
-if __name__ == "__main__":
-    sys.exit(main())

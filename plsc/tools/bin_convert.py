@@ -8,9 +8,7 @@ OUTPUT_DIR/label.txt (`images/a<TAB>images/b<TAB>issame`, as PLSC's converter wr
 horizontally flipped PNG copies (`%08d_0_hflip.png`) as extra lines. to-bin packs every line of the
 label file (--drop-hflip leaves out lines whose two images are *_hflip.*) into an insightface .bin.
 """
-import argparse
 import os
-import sys
 
 import cv2
 import numpy as np
@@ -18,7 +16,7 @@ import numpy as np
 from plsc.data.bin import load_bin, save_bin
 from plsc.data.label_files import check_outputs, make_dirs, output_path, read_pair_labels, sniff_ext
 from plsc.data.regular import read_regular
-from plsc.errors import DataError, PlscError
+from plsc.errors import DataError
 
 
 def bin_to_pairs(bin_path, out_dir, flip=False, force=False):
@@ -71,35 +69,3 @@ def pairs_to_bin(pairs_dir, out_bin, label_file=None, drop_hflip=False, force=Fa
     save_bin(output_path(os.path.dirname(out_bin) or ".", os.path.basename(out_bin) + ".part"), images, kept)
     os.replace(out_bin + ".part", out_bin)
     return len(kept)
-
-
-def main(argv=None):
-    ap = argparse.ArgumentParser(prog="plsc-bin-convert", description=__doc__.split("\n")[0])
-    sub = ap.add_subparsers(dest="cmd", required=True)
-    a = sub.add_parser("to-pairs", help=".bin -> images + label.txt")
-    a.add_argument("bin_path")
-    a.add_argument("output_dir")
-    a.add_argument("--flip", action="store_true", help="also write horizontally flipped copies")
-    a.add_argument("--force", action="store_true")
-    b = sub.add_parser("to-bin", help="images + label.txt -> .bin")
-    b.add_argument("pairs_dir")
-    b.add_argument("out_bin")
-    b.add_argument("--label-file", default=None, help="default: PAIRS_DIR/label.txt")
-    b.add_argument("--drop-hflip", action="store_true", help="leave out *_hflip pairs")
-    b.add_argument("--force", action="store_true")
-    args = ap.parse_args(argv)
-    try:
-        if args.cmd == "to-pairs":
-            n = bin_to_pairs(args.bin_path, args.output_dir, args.flip, args.force)
-            print(f"wrote {n} pairs{' (+ flipped copies)' if args.flip else ''} to {args.output_dir}")
-        else:
-            n = pairs_to_bin(args.pairs_dir, args.out_bin, args.label_file, args.drop_hflip, args.force)
-            print(f"wrote {n} pairs to {args.out_bin}")
-    except PlscError as e:
-        print(f"plsc-bin-convert: error: {e}", file=sys.stderr)
-        return 2
-    return 0
-
-
-if __name__ == "__main__":
-    sys.exit(main())

@@ -9,10 +9,8 @@ moving the classifier elsewhere: one [C, D] weight (+ momentum) array, or a chec
 files match the world size it will run on. Splitting a checkpoint copies its other files, updates
 its world size and writes a fresh manifest.
 """
-import argparse
 import os
 import shutil
-import sys
 import tempfile
 
 import numpy as np
@@ -72,43 +70,28 @@ def _is_merged(path):
         return False
 
 
-def main(argv=None):
-    p = argparse.ArgumentParser(prog="plsc-fc-shards", description=__doc__,
-                                formatter_class=argparse.RawDescriptionHelpFormatter)
-    sub = p.add_subparsers(dest="cmd", required=True)
-    m = sub.add_parser("merge", help="all shards of a checkpoint -> one .npz (weight, momentum: [C, D])")
-    m.add_argument("checkpoint")
-    m.add_argument("--out", required=True)
-    m.add_argument("--force", action="store_true")
-    s = sub.add_parser("split", help="a checkpoint or merged .npz -> shards for --world-size ranks")
-    s.add_argument("source")
-    s.add_argument("--world-size", type=int, required=True)
-    s.add_argument("--out", required=True, help="output directory")
-    s.add_argument("--force", action="store_true")
-    args = p.parse_args(argv)
+def merge_checkpoint(checkpoint, out, force=False):
+    """All FC shards of a checkpoint -> one .npz at `out` (weight, momentum: [C, D]); -> the merged arrays."""
+    _check_out(out, force, "merge")
+    full = fc_shards.merge(read_shards(checkpoint))
+    _write_whole(out, full)
+    return full
+
+
+def split_source(source, world_size, out, force=False):
+    """A checkpoint or a merged .npz -> shards for `world_size` ranks in the folder `out` (a whole checkpoint when
+    the source is one: its other files copied, its world size updated, a fresh manifest)."""
+    _check_out(out, force, "split")
+    full, src_dir = _load_full(source)
+    shards = fc_shards.split(full, world_size)
+    out = out.rstrip("/") or out
+    tmp = tempfile.mkdtemp(prefix=f".{os.path.basename(out)}.", suffix=".tmp",
+                           dir=os.path.dirname(os.path.abspath(out)))  # new: never a user's folder
     try:
-        if args.cmd == "merge":
-            _check_out(args.out, args.force, "merge")
-            full = fc_shards.merge(read_shards(args.checkpoint))
-            _write_whole(args.out, full)
-            print(f"wrote {args.out}: {full['weight'].shape[0]} classes x {full['weight'].shape[1]}")
-            return 0
-        _check_out(args.out, args.force, "split")
-        full, src_dir = _load_full(args.source)
-        shards = fc_shards.split(full, args.world_size)
-        out = args.out.rstrip("/") or args.out
-        tmp = tempfile.mkdtemp(prefix=f".{os.path.basename(out)}.", suffix=".tmp",
-                               dir=os.path.dirname(os.path.abspath(out)))  # new: never a user's folder
-        try:
-            _write_split(tmp, out, src_dir, shards, args.world_size)
-        except BaseException:
-            shutil.rmtree(tmp, ignore_errors=True)
-            raise
-        print(f"wrote {args.world_size} shard(s) to {args.out}")
-        return 0
-    except PlscError as e:
-        print(f"plsc-fc-shards: error: {e}", file=sys.stderr)
-        return 2
+        _write_split(tmp, out, src_dir, shards, world_size)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
 
 
 def _write_whole(out, full):
@@ -146,7 +129,3 @@ def _write_split(tmp, out, src_dir, shards, world_size):
     os.rename(tmp, out)
     if aside is not None:
         shutil.rmtree(aside, ignore_errors=True)
-
-
-if __name__ == "__main__":
-    sys.exit(main())

@@ -7,9 +7,7 @@ first image, and checks every image record (or the first --limit): framing, head
 decodability. Exit code 0 when all checked records are fine, 1 at the first bad record, 2 when the
 files cannot be opened at all.
 """
-import argparse
 import os
-import sys
 
 import cv2
 import numpy as np
@@ -30,33 +28,22 @@ def check_record(rec, key, num_classes):
     return img.shape
 
 
-def main(argv=None):
-    ap = argparse.ArgumentParser(prog="plsc-inspect-rec", description=__doc__.split("\n")[0])
-    ap.add_argument("rec_dir")
-    ap.add_argument("--name", default="train")
-    ap.add_argument("--limit", type=int, default=None, help="check only the first N images")
-    args = ap.parse_args(argv)
-    try:
-        rec = IndexedRecordIO(os.path.join(args.rec_dir, args.name + ".idx"),
-                              os.path.join(args.rec_dir, args.name + ".rec"))
-        layout, keys, num_classes = describe(rec)
-    except PlscError as e:
-        print(f"plsc-inspect-rec: error: {e}", file=sys.stderr)
-        return 2
-    print(f"layout:  {layout}\nrecords: {len(rec)}\nimages:  {len(keys)}\nclasses: {num_classes}")
+def inspect(rec_dir, name="train", limit=None, log=print):
+    """Print the dataset's layout and sizes, then check every image record (or the first `limit`);
+    -> True when all checked records are fine, False at the first bad record (printed). Raises PlscError when
+    the files cannot be opened at all."""
+    rec = IndexedRecordIO(os.path.join(rec_dir, name + ".idx"), os.path.join(rec_dir, name + ".rec"))
+    layout, keys, num_classes = describe(rec)
+    log(f"layout:  {layout}\nrecords: {len(rec)}\nimages:  {len(keys)}\nclasses: {num_classes}")
     shape, n = None, 0
-    for n, key in enumerate(keys[: args.limit] if args.limit else keys):
+    for n, key in enumerate(keys[:limit] if limit else keys):
         try:
             s = check_record(rec, key, num_classes)
         except PlscError as e:
-            print(f"first bad record: {e}")
-            return 1
+            log(f"first bad record: {e}")
+            return False
         shape = shape or s
     if shape:
-        print(f"image size: {shape[1]}x{shape[0]} (first image)")
-    print(f"checked {n + 1 if shape else 0} images: all fine")
-    return 0
-
-
-if __name__ == "__main__":
-    sys.exit(main())
+        log(f"image size: {shape[1]}x{shape[0]} (first image)")
+    log(f"checked {n + 1 if shape else 0} images: all fine")
+    return True

@@ -8,7 +8,6 @@ Record 0 holds the identity key range, keys 1..N the images (sorted by label), t
 identity with its [start, end) image keys; train.lst lists `key<TAB>label<TAB>relpath`.
 --encode keep stores the file bytes unchanged (after checking they decode); jpg/png re-encode.
 """
-import argparse
 import os
 import sys
 from concurrent.futures import ThreadPoolExecutor
@@ -19,7 +18,7 @@ import numpy as np
 from plsc.data.label_files import check_outputs, make_dirs, output_path, read_train_labels, safe_relpath
 from plsc.data.recordio import IndexedRecordIOWriter, pack
 from plsc.data.regular import read_regular
-from plsc.errors import DataError, PlscError
+from plsc.errors import DataError
 from plsc.progress import Progress
 
 _IMAGE_EXT = (".jpg", ".jpeg", ".png", ".bmp")
@@ -125,32 +124,14 @@ def pack_images(paths, labels, image_root, out_dir, encode="keep", quality=95, w
     return len(jobs), num_classes
 
 
-def main(argv=None):
-    ap = argparse.ArgumentParser(prog="plsc-pack-rec", description=__doc__.split("\n")[0])
-    ap.add_argument("input", help="identity folder tree or label.txt")
-    ap.add_argument("output_dir")
-    ap.add_argument("--image-root", default=None, help="root of the label.txt paths (default: its folder)")
-    ap.add_argument("--encode", default="keep", choices=["keep", "jpg", "png"])
-    ap.add_argument("--quality", type=int, default=95, help="JPEG quality for --encode jpg")
-    ap.add_argument("--workers", type=int, default=max(1, (os.cpu_count() or 1)))
-    ap.add_argument("--name", default="train", help="output file stem")
-    ap.add_argument("--force", action="store_true", help="overwrite existing outputs")
-    args = ap.parse_args(argv)
-    try:
-        if os.path.isfile(args.input):
-            root = args.image_root or os.path.dirname(os.path.abspath(args.input))
-            paths, labels = read_train_labels(args.input)
-        else:
-            root = args.input
-            paths, labels = list_folder(args.input)
-        n, c = pack_images(paths, labels, root, args.output_dir, args.encode, args.quality, args.workers,
-                           args.name, args.force)
-    except PlscError as e:
-        print(f"plsc-pack-rec: error: {e}", file=sys.stderr)
-        return 2
-    print(f"packed {n} images of {c} identities into {os.path.join(args.output_dir, args.name)}.rec")
-    return 0
-
-
-if __name__ == "__main__":
-    sys.exit(main())
+def pack_input(input_path, out_dir, image_root=None, encode="keep", quality=95, workers=1, name="train",
+               force=False, log=print):
+    """pack_images of an identity folder tree or a PLSC label.txt (paths relative to image_root, default its
+    folder); -> (number of images, number of classes)."""
+    if os.path.isfile(input_path):
+        root = image_root or os.path.dirname(os.path.abspath(input_path))
+        paths, labels = read_train_labels(input_path)
+    else:
+        root = input_path
+        paths, labels = list_folder(input_path)
+    return pack_images(paths, labels, root, out_dir, encode, quality, workers, name, force, log=log)

@@ -6,14 +6,11 @@ Writes OUTPUT_DIR/images/<key 8 digits>.<jpg|png> (the stored bytes, unchanged) 
 OUTPUT_DIR/label.txt (`images/<file><TAB>label`), ready for FaceIdentificationDataset
 {image_root: OUTPUT_DIR, cls_label_path: OUTPUT_DIR/label.txt}.
 """
-import argparse
 import os
-import sys
 
 from plsc.data.datasets import describe
 from plsc.data.label_files import check_outputs, make_dirs, output_path, sniff_ext
 from plsc.data.recordio import IndexedRecordIO, label_of
-from plsc.errors import PlscError
 
 
 def unpack_rec(rec_dir, out_dir, name="train", force=False):
@@ -32,23 +29,3 @@ def unpack_rec(rec_dir, out_dir, name="train", force=False):
             f.write(f"images/{fname}\t{label}\n")
     os.replace(label_path + ".part", label_path)
     return len(keys)
-
-
-def main(argv=None):
-    ap = argparse.ArgumentParser(prog="plsc-unpack-rec", description=__doc__.split("\n")[0])
-    ap.add_argument("rec_dir", help="folder with <name>.rec and <name>.idx")
-    ap.add_argument("output_dir")
-    ap.add_argument("--name", default="train")
-    ap.add_argument("--force", action="store_true", help="overwrite existing outputs")
-    args = ap.parse_args(argv)
-    try:
-        n = unpack_rec(args.rec_dir, args.output_dir, args.name, args.force)
-    except PlscError as e:
-        print(f"plsc-unpack-rec: error: {e}", file=sys.stderr)
-        return 2
-    print(f"wrote {n} images and {os.path.join(args.output_dir, 'label.txt')}")
-    return 0
-
-
-if __name__ == "__main__":
-    sys.exit(main())

@@ -10,12 +10,15 @@ identity (the L2-normalised mean of its photos' embeddings) unless --per-image e
 The model is recorded in the index's sidecar (path, config, overrides) and used again by add / query;
 `--model` overrides it, and a model whose fingerprint differs from the gallery's is refused.
 """
+# plsc.deploy is imported inside the run functions: --help and a bad command line answer without loading Paddle
+# (plsc.cli.deploy's model options and helpers are shared).
 import json
 import os
 import sys
 
 import numpy as np
 
+from plsc.cli.deploy import _check_out_dir, _embedder, _main, _model_args, _report, _threshold
 from plsc.errors import DataError
 
 
@@ -42,8 +45,6 @@ def _identity_folders(paths):
 
 def _enrol(gallery, emb, folders, per_image):
     """Embed each identity's photos and add them; -> number of identities added."""
-    from plsc.deploy.cli import _report
-
     added = 0
     for name, folder in folders:
         r = emb.embed([folder])
@@ -61,8 +62,6 @@ def _enrol(gallery, emb, folders, per_image):
 
 
 def _model_of(args, gallery):
-    from plsc.deploy.cli import _embedder
-
     m = gallery.info.get("model") or {}
     path = args.model or m.get("path")
     if not path:
@@ -76,7 +75,6 @@ def _model_of(args, gallery):
 
 
 def _build(args):
-    from plsc.deploy.cli import _check_out_dir, _embedder
     from plsc.deploy.gallery import INDEX_KINDS, Gallery
 
     _check_out_dir(args.out)
@@ -135,7 +133,6 @@ def _remove(args):
 
 
 def _query(args):
-    from plsc.deploy.cli import _report, _threshold
     from plsc.deploy.gallery import Gallery
 
     gallery = Gallery.load(args.index)
@@ -162,9 +159,7 @@ def _query(args):
 
 
 def search_parser(p):
-    from plsc.deploy.cli import _model_args
-
-    sub = p.add_subparsers(dest="command", required=True)
+    sub = p.add_subparsers(dest="command", required=True, metavar="{build,add,query,remove}", help="what to do")
     b = sub.add_parser("build", help="embed a gallery folder and write the index")
     _model_args(b)
     b.add_argument("gallery", help="folder of identity folders")
@@ -172,7 +167,7 @@ def search_parser(p):
     b.add_argument("--index", default="flat", help="flat (exact, default), hnsw or ivf (approximate)")
     b.add_argument("--per-image", action="store_true", help="enrol every photo instead of one mean template")
     b.add_argument("--search-param", type=int, help="hnsw: efSearch (default 256); ivf: nprobe (default nlist/4)")
-    b.set_defaults(run=_build)
+    b.set_defaults(command_run=_build)
     for name, fn, what in (("add", _add, "identity folders to add"), ("query", _query, "photos to identify")):
         s = sub.add_parser(name, help=what)
         s.add_argument("index", help="index written by plsc-search build")
@@ -180,13 +175,18 @@ def search_parser(p):
         s.add_argument("--model", help="model to embed with (default: the one recorded in the index)")
         _model_args(s, positional=False)
         if name == "query":
-            s.add_argument("--top-k", type=int, default=5)
+            s.add_argument("--top-k", type=int, default=5, help="matches listed per face (default 5)")
             s.add_argument("--threshold", type=float, help="open-set cosine threshold (default: calibration)")
-            s.add_argument("--faces", default="largest", choices=("largest", "all"))
+            s.add_argument("--faces", default="largest", choices=("largest", "all"),
+                           help="identify the largest face of each photo (default) or all of them")
             s.add_argument("--search-param", type=int, help="override the index's efSearch (hnsw) / nprobe (ivf)")
-        s.set_defaults(run=fn)
+        s.set_defaults(command_run=fn)
     r = sub.add_parser("remove", help="remove identities by name")
-    r.add_argument("index")
-    r.add_argument("names", nargs="+")
-    r.set_defaults(run=_remove)
+    r.add_argument("index", help="index written by plsc-search build")
+    r.add_argument("names", nargs="+", help="identities to remove")
+    r.set_defaults(command_run=_remove)
     return p
+
+
+def search_main(argv=None):
+    return _main("plsc-search", search_parser, argv, "A face gallery index: build, add, remove, query.")

@@ -1,4 +1,4 @@
-"""Console scripts: plsc-embed, plsc-verify, plsc-calibrate, plsc-search (docs/deploy.md).
+"""Console scripts: plsc-embed, plsc-verify, plsc-calibrate (and the model options plsc-search shares); docs/deploy.md.
 
     plsc-embed MODEL INPUT... --out faces.npz
     plsc-verify MODEL a.jpg b.jpg
@@ -9,11 +9,13 @@ A problem with one input is one line on stderr naming it; the command goes on wi
 with 2 only when nothing could be processed (or on an error that concerns everything: a missing model,
 a bad option, an index of another model). Every output file is written atomically.
 """
-import argparse
+# plsc.deploy (Paddle, onnxruntime, faiss) is imported inside the run functions: --help and a bad command line
+# answer without loading it, and the thread settings are made before Paddle loads.
 import json
 import os
 import sys
 
+from plsc.cli.wrapper import Parser, describe, run_command
 from plsc.env import setup_threads
 from plsc.errors import DataError, PlscError
 
@@ -32,7 +34,7 @@ def _model_args(p, positional=True):
                         "crops; none: resize the whole image (default auto)")
     p.add_argument("--detector", default="mtcnn", help="face detector (default: MTCNN)")
     p.add_argument("--flip", action="store_true", help="add the mirror image's features (as evaluation does)")
-    p.add_argument("--batch-size", type=int, default=64)
+    p.add_argument("--batch-size", type=int, default=64, help="faces per forward pass (default 64)")
     p.add_argument("--workers", type=int, default=2, help="decoding / detection threads (default 2)")
     p.add_argument("--cpu", action="store_true", help="run on the CPU even if a GPU is available")
 
@@ -54,16 +56,16 @@ def _report(result, stream=None):
             print(f"{'warning' if status in ('several_faces', 'face') else 'skipped'}: {message}", file=stream)
 
 
-def _main(prog, build, argv):
-    parser = build(argparse.ArgumentParser(prog=prog, description=sys.modules[__name__].__doc__.splitlines()[0],
-                                           formatter_class=argparse.RawDescriptionHelpFormatter))
-    args = parser.parse_args(argv)
-    setup_threads("cpu" if getattr(args, "cpu", False) else "gpu")
-    try:
-        return args.run(args) or 0
-    except PlscError as e:
-        print(f"{prog}: error: {e}", file=sys.stderr, flush=True)
-        sys.exit(2)
+def _main(prog, build, argv, description):
+    """Parse argv with build(parser) and run the command under plsc.cli's one error wrapper."""
+    parser = build(Parser(prog=prog, description=description, epilog=describe(__doc__)[1]))
+
+    def run(args):  # the thread settings first: before Paddle is imported
+        setup_threads("cpu" if getattr(args, "cpu", False) else "gpu")
+        return args.command_run(args)
+
+    parser.set_defaults(run=run)
+    return run_command(parser, argv)
 
 
 def _check_out_dir(path):
@@ -92,13 +94,14 @@ def _embed_parser(p):
     _model_args(p)
     p.add_argument("inputs", nargs="+", metavar="INPUT", help="image files, folders (recursive) or .txt lists")
     p.add_argument("--out", required=True, help="output .npz")
-    p.add_argument("--faces", default="largest", choices=("largest", "all"))
-    p.set_defaults(run=_embed)
+    p.add_argument("--faces", default="largest", choices=("largest", "all"),
+                   help="embed the largest face of each image (default) or all of them")
+    p.set_defaults(command_run=_embed)
     return p
 
 
 def embed_main(argv=None):
-    return _main("plsc-embed", _embed_parser, argv)
+    return _main("plsc-embed", _embed_parser, argv, "Embed the faces of photos (detect + 5-point align) into an .npz.")
 
 
 # ------------------------------------------------------------------ plsc-verify
@@ -140,12 +143,12 @@ def _verify_parser(p):
     p.add_argument("a", help="first photo")
     p.add_argument("b", help="second photo")
     p.add_argument("--threshold", type=float, help="cosine threshold (default: the model's calibration.json)")
-    p.set_defaults(run=_verify)
+    p.set_defaults(command_run=_verify)
     return p
 
 
 def verify_main(argv=None):
-    return _main("plsc-verify", _verify_parser, argv)
+    return _main("plsc-verify", _verify_parser, argv, "Are two photos the same person? Cosine similarity and verdict.")
 
 
 # ------------------------------------------------------------------ plsc-calibrate
@@ -209,15 +212,10 @@ def _calibrate_parser(p):
     p.add_argument("--far", type=float, default=1e-4, help="target false-accept rate (default 1e-4)")
     p.add_argument("--out", help="where to write (default: calibration.json next to the model)")
     p.add_argument("--index", help="write INDEX.calibration.json next to this plsc-search index instead")
-    p.set_defaults(run=_calibrate)
+    p.set_defaults(command_run=_calibrate)
     return p
 
 
 def calibrate_main(argv=None):
-    return _main("plsc-calibrate", _calibrate_parser, argv)
-
-
-def search_main(argv=None):
-    from plsc.deploy.search_cli import search_parser
-
-    return _main("plsc-search", search_parser, argv)
+    return _main("plsc-calibrate", _calibrate_parser, argv,
+                 "The cosine threshold of a model at a target false-accept rate, from verification pairs.")
