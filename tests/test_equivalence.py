@@ -41,7 +41,7 @@ import numpy as np
 import smooth_net  # noqa: F401  (registers SmoothNet)
 from plsc.config import load_config
 from plsc.engine.engine import Engine
-from plsc.engine.step_cost import StepCost
+from plsc.tools.step_cost import StepCost
 
 
 def run(out, overrides):

@@ -1,13 +1,13 @@
 """The training step is ready for GPUs: at most 3 device-to-host reads per step, whatever the model.
 
-Counted in real Engine steps (plsc.engine.step_cost.StepCost wraps Tensor.item / numpy / __bool__ /
+Counted in real Engine steps (plsc.tools.step_cost.StepCost wraps Tensor.item / numpy / __bool__ /
 ...); a logging step reads the loss once more than a silent one. The 2-rank count is in
 tests/test_train.py (test_ranks_hold_identical_params_after_steps), inside its launch.
 """
 import pytest
 
 from plsc.config import load_config
-from plsc.engine.step_cost import StepCost, dp_buckets
+from plsc.tools.step_cost import StepCost, dp_buckets
 from test_train import SMOKE
 
 BOUND = 3

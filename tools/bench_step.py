@@ -4,7 +4,7 @@
     python tools/bench_step.py --classes 100000 --world 1 --batch 4
 
 Runs real Engine steps (synthetic data) under paddle.distributed.launch and prints two tables:
-1. measured here, per step and rank: device->host reads (plsc.engine.step_cost.StepCost), every
+1. measured here, per step and rank: device->host reads (plsc.tools.step_cost.StepCost), every
    collective issued from Python with its bytes, the paddle.DataParallel gradient all-reduces
    (one per bucket; they run in Paddle's C++ reducer, so their sizes are computed from the
    parameters with Paddle's bucketing rule), the peak RSS of the rank;
@@ -34,7 +34,7 @@ def one(args):
 
     from plsc.config import load_config
     from plsc.engine.engine import Engine
-    from plsc.engine.step_cost import StepCost, dp_buckets
+    from plsc.tools.step_cost import StepCost, dp_buckets
 
     world = int(os.environ.get("PADDLE_TRAINERS_NUM", "1"))
     samples = args.batch * world * (args.steps + 1)

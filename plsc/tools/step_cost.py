@@ -1,5 +1,9 @@
 """What a block of code costs the host: device-to-host synchronisations and collectives.
 
+Instrumentation for tests/test_step_cost.py, tests/test_equivalence.py and tools/bench_step.py; nothing in the
+engine imports or hooks it (it patches paddle.Tensor's read methods and paddle.distributed's collectives for the
+duration of a `with` block).
+
     with StepCost() as cost:
         engine.train_step(micro_batches)
     cost.syncs              # reads of device memory by the host (each stalls until the device drains)
