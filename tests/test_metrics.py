@@ -204,10 +204,10 @@ def test_plsc_flip_test_folder_is_fused_not_double_counted(tmp_path, flip):
     """A PLSC pairs folder made with --flip_test (N pairs, then the N mirrored pairs) scores N pairs: with
     flip_test its stored mirrors are fused with the originals (PLSC's meaning), giving exactly what the
     .bin with plsc's own flip gives; without, the mirrored copies are not scored as more pairs."""
-    from plsc.tools import bin_convert
+    from plsc.cli.data import bin_convert_main
 
     make_bin(tmp_path / "tiny.bin", pairs=30)
-    assert bin_convert.main(["to-pairs", str(tmp_path / "tiny.bin"), str(tmp_path / "pairs"), "--flip"]) == 0
+    assert bin_convert_main(["to-pairs", str(tmp_path / "tiny.bin"), str(tmp_path / "pairs"), "--flip"]) == 0
     lines = (tmp_path / "pairs" / "label.txt").read_text().splitlines()
     assert len(lines) == 60 and "_hflip" in lines[30]
     spec = {"name": "FaceVerificationDataset", "image_root": str(tmp_path / "pairs"),
@@ -400,7 +400,7 @@ def test_two_ranks_split_the_work(tmp_path):
 
 
 def test_benchmark_script_runs(capsys):
-    from plsc.metrics.benchmark import main
+    from tools.bench_eval import main  # the benchmark script (the tests' conftest puts the repository on sys.path)
 
     main(["--pairs", "20", "--ijb-images", "3000", "--dim", "16"])
     out = capsys.readouterr().out
