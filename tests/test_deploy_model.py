@@ -1,0 +1,77 @@
+"""plsc-embed with a trained plsc model on a real photo: the aligned crop's embedding is stable when the photo
+is rescaled, rotated or shifted, and clearly lower for a different face or a misaligned crop of the same one.
+
+The model (tests/fixtures/deploy/fontfaces_model: model.onnx + meta.json, 64-d) is a small IResNet that
+`plsc-train` trained on plsc-demo's font-face data and `plsc-export` exported; tools/make_deploy_model.py
+makes it again. The other face is scikit-image's astronaut (Eileen Collins, NASA, public domain), a
+256x256 crop of skimage/data/astronaut.png from the scikit-image 0.26.0 wheel, committed as
+tests/fixtures/deploy/astronaut_face.jpg so that no test needs scikit-image.
+"""
+import os
+import subprocess
+import sys
+
+import cv2
+import matplotlib
+import numpy as np
+
+from plsc.deploy.images import read_image
+from plsc.metrics.align import align_face
+
+FIX = os.path.join(os.path.dirname(os.path.abspath(__file__)), "fixtures", "deploy")
+MODEL = os.path.join(FIX, "fontfaces_model", "model.onnx")
+GH = os.path.join(matplotlib.get_data_path(), "sample_data", "grace_hopper.jpg")
+ASTRONAUT = os.path.join(FIX, "astronaut_face.jpg")
+
+
+def plsc_embed(*args):
+    exe = os.path.join(os.path.dirname(sys.executable), "plsc-embed")
+    proc = subprocess.run([exe, *map(str, args)], capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    return proc
+
+
+def write(path, rgb):
+    assert cv2.imwrite(str(path), cv2.cvtColor(rgb, cv2.COLOR_RGB2BGR))
+    return str(path)
+
+
+def test_trained_model_embeds_grace_hopper_alike_across_rescale_rotate_shift_and_others_lower(tmp_path):
+    rgb = read_image(GH)
+    h, w = rgb.shape[:2]
+    photos = {"x0.5": cv2.resize(rgb, None, fx=0.5, fy=0.5, interpolation=cv2.INTER_AREA),
+              "x2": cv2.resize(rgb, None, fx=2, fy=2, interpolation=cv2.INTER_CUBIC),
+              "shift": cv2.warpAffine(rgb, np.float64([[1, 0, 40], [0, 1, -30]]), (w, h), borderMode=cv2.BORDER_REFLECT)}
+    for a in (15, -15):
+        photos[f"rot{a:+d}"] = cv2.warpAffine(rgb, cv2.getRotationMatrix2D((w / 2, h / 2), a, 1.0), (w, h),
+                                              borderMode=cv2.BORDER_REFLECT)
+    # misaligned 112x112 crops of the same photo (plsc-embed passes 112x112 images through as crops): what a
+    # detector or alignment that got the rotation, the scale or the whole face wrong would have produced
+    lmk = read_landmarks(tmp_path)
+    c = lmk.mean(0)
+    crops = {"rotation error 15 deg": align_face(rgb, (lmk - c) @ cv2.getRotationMatrix2D((0, 0), 15, 1)[:, :2].T + c),
+             "scale error 20 %": align_face(rgb, (lmk - c) * 1.2 + c),
+             "unaligned centre crop": cv2.resize(rgb[100:350, 150:370], (112, 112), interpolation=cv2.INTER_AREA)}
+    files = [GH] + [write(tmp_path / f"{k}.png", im) for k, im in photos.items()] + [ASTRONAUT] + \
+        [write(tmp_path / f"crop{i}.png", im) for i, im in enumerate(crops.values())]
+    out = tmp_path / "emb.npz"
+    plsc_embed(MODEL, *files, "--out", out)
+    z = np.load(out)
+    assert list(z["inputs"]) == files
+    assert list(z["status"]) == ["face"] * 7 + ["crop"] * 3 and z["embeddings"].shape == (10, 64)
+    cos = z["embeddings"] @ z["embeddings"][0]
+    same, other, misaligned = cos[1:6], cos[6], dict(zip(crops, cos[7:]))
+    report = dict(zip(["orig", *photos, "astronaut"], cos[:7].round(3)), **{k: round(v, 3) for k, v in
+                                                                              misaligned.items()})
+    assert same.min() >= 0.9, report
+    # the model tells faces and crops apart: the same test would fail for a different face or a bad alignment
+    assert other < same.min() - 0.1, report
+    assert max(misaligned.values()) < 0.9 and max(misaligned.values()) < same.min() - 0.05, report
+
+
+def read_landmarks(tmp_path):
+    """The five points plsc-embed found on the original photo."""
+    plsc_embed(MODEL, GH, "--out", tmp_path / "orig.npz")
+    z = np.load(tmp_path / "orig.npz")
+    assert list(z["status"]) == ["face"]
+    return z["landmarks"][0].astype(np.float64)
