@@ -2,6 +2,7 @@
 
     python tools/make_deploy_model.py                       # -> tests/fixtures/deploy/fontfaces_model/
     python tools/make_deploy_model.py --out /tmp/m --epochs 2
+    python tools/make_deploy_model.py --report-only         # the cosines below for the committed model
 
 A real plsc model, made the way a user makes one: the font-face data of plsc-demo (identity = a character,
 images = that character in matplotlib's fonts with random affine / blur / noise / tint), `plsc-train` on
@@ -43,7 +44,10 @@ def main(argv=None):
     p.add_argument("--features", type=int, default=64, help="embedding size")
     p.add_argument("--widths", default="8,16,32,64")
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--report-only", action="store_true", help="print the cosines for the model in --out")
     a = p.parse_args(argv)
+    if a.report_only:
+        return report(a.out)
     from plsc.demo.run import build_data
 
     work = tempfile.mkdtemp(prefix="plsc_deploy_model_")
@@ -95,11 +99,17 @@ def report(model_dir):
     photos["astronaut"] = other
     r = Embedder(os.path.join(model_dir, "model.onnx")).embed(list(photos.values()))
     cos = r.embeddings @ r.embeddings[0]
-    unaligned = Embedder(os.path.join(model_dir, "model.onnx"), align="none").embed([gh[100:350, 150:370]])
+    from plsc.metrics.align import align_face
+
+    lmk = r.landmarks[0].astype(np.float64)
+    c = lmk.mean(0)
+    crops = {"rotation error 15 deg": align_face(gh, (lmk - c) @ cv2.getRotationMatrix2D((0, 0), 15, 1)[:, :2].T + c),
+             "scale error 20 %": align_face(gh, (lmk - c) * 1.2 + c),
+             "unaligned centre crop": cv2.resize(gh[100:350, 150:370], (112, 112), interpolation=cv2.INTER_AREA)}
+    bad = Embedder(os.path.join(model_dir, "model.onnx"), align="crops").embed(list(crops.values())).embeddings
     print("cosine to the original's aligned crop:")
-    for name, c in zip(photos, cos):
-        print(f"  {name:<10} {c:.3f}")
-    print(f"  {'unaligned':<10} {float(unaligned.embeddings[0] @ r.embeddings[0]):.3f}")
+    for name, v in [*zip(photos, cos), *zip(crops, bad @ r.embeddings[0])]:
+        print(f"  {name:<22} {v:.3f}")
 
 
 if __name__ == "__main__":
