@@ -6,8 +6,11 @@ The model (tests/fixtures/deploy/fontfaces_model: model.onnx + meta.json, 64-d) 
 makes it again. The other face is scikit-image's astronaut (Eileen Collins, NASA, public domain), a
 256x256 crop of skimage/data/astronaut.png from the scikit-image 0.26.0 wheel, committed as
 tests/fixtures/deploy/astronaut_face.jpg so that no test needs scikit-image.
+
+And plsc-embed's memory on a 20,000 x 20,000 JPEG stays bounded (decoded at a reduced size).
 """
 import os
+import struct
 import subprocess
 import sys
 
@@ -75,3 +78,25 @@ def read_landmarks(tmp_path):
     z = np.load(tmp_path / "orig.npz")
     assert list(z["status"]) == ["face"]
     return z["landmarks"][0].astype(np.float64)
+
+
+def test_a_20000_by_20000_jpeg_is_embedded_with_bounded_memory(tmp_path):
+    """A JPEG whose header says 20,000 x 20,000 (400 megapixels, 1.2 GB decoded): plsc-embed decodes it at 1/4
+    size (under PLSC_MAX_PIXELS, 40 MP), finds no face in it, embeds the other photo, and its peak resident
+    memory stays far under the full decode's (measured: 0.34 GB, vs 0.16 GB for the photo alone)."""
+    ok, buf = cv2.imencode(".jpg", np.full((16, 16, 3), 128, np.uint8))
+    data = bytearray(buf.tobytes())
+    sof = data.find(b"\xff\xc0")
+    assert ok and sof > 0 and struct.unpack(">HH", data[sof + 5: sof + 9]) == (16, 16)
+    data[sof + 5: sof + 9] = struct.pack(">HH", 20000, 20000)  # height, width; the scan data stays short
+    (tmp_path / "huge.jpg").write_bytes(bytes(data))
+    exe = os.path.join(os.path.dirname(sys.executable), "plsc-embed")
+    peak = ("import resource, subprocess, sys; r = subprocess.run(sys.argv[1:]); "
+            "print(r.returncode, resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss)")
+    proc = subprocess.run([sys.executable, "-c", peak, exe, MODEL, GH, str(tmp_path / "huge.jpg"), "--out",
+                           str(tmp_path / "o.npz")], capture_output=True, text=True, timeout=300)
+    code, maxrss_kb = map(int, proc.stdout.split()[-2:])
+    assert code == 0, proc.stderr[-3000:]
+    z = np.load(tmp_path / "o.npz")
+    assert list(z["status"]) == ["face", "no_face"] and "huge.jpg: no face found" in proc.stderr
+    assert maxrss_kb < 700 * 1024, maxrss_kb  # the 20000 x 20000 x 3 bytes alone would be 1.2 GB
