@@ -7,7 +7,7 @@
 A real plsc model, made the way a user makes one: the font-face data of plsc-demo (identity = a character,
 images = that character in matplotlib's fonts with random affine / blur / noise / tint), `plsc-train` on
 configs/demo/IResNet_fontfaces.yaml (one process, PartialFC + ArcFace), `plsc-export` to ONNX. Only the
-export's model.onnx and meta.json are kept (a few hundred KB). It has never seen a face: what the tests
+export's model.onnx and meta.json are kept (1.1 MB). It has never seen a face: what the tests
 ask of it is that it responds to image content (a different face, a misaligned crop score lower) and so
 can show whether detection + alignment give the same crop when a photo is rescaled, rotated or shifted.
 At the end the cosines the test checks are printed for the new model (grace_hopper variants, controls).
