@@ -156,7 +156,8 @@ def test_optimizer_keys_have_plscs_meaning(monkeypatch):
     assert "blocks.0.attn.qkv.weight" not in names and groups[1]["weight_decay"] == 0.0
     assert len(_param_groups(vit, 0.1, False)) == len([p for p in vit.parameters() if not p.stop_gradient]), \
         "PLSC's AdamW decays every parameter unless told otherwise"
-    s = optimizer_settings({"name": "AdamW", "betas": "(0.9, 0.99)", "epsilon": 1e-8, "weight_decay": 0.1})
+    adamw = load_config(SMOKE, ['Optimizer={name: AdamW, betas: "(0.9, 0.99)", epsilon: 1e-8, weight_decay: 0.1}'])
+    s = optimizer_settings(adamw["Optimizer"])  # PLSC's text form, translated when the config loads
     assert (s["beta1"], s["beta2"], s["epsilon"]) == (0.9, 0.99, 1e-8)
     calls = []
     real = paddle.optimizer.Momentum

@@ -81,7 +81,7 @@ PLSC_OWN = sorted(p for p in glob.glob(os.path.join(ROOT, "configs", "*", "*.yam
 def test_plsc_configs_state_their_poly_power(path):
     """Poly's default power (PLSC's 2.0) differs from arcface_torch's current 1.0: no plsc config may lean on it
     (configs/reference is PLSC's own file and keeps PLSC's meaning)."""
-    from plsc.config import _read_yaml
+    from plsc.config import read_yaml as _read_yaml
 
     sched = _read_yaml(path, []).get("LRScheduler", {})
     if sched.get("name") == "Poly":

@@ -37,25 +37,8 @@ def build_train_loader(cfg, rank, world_size):
     return dataset, sampler, loader
 
 
-def eval_sets(cfg):
-    """{set name: dataset spec} for every configured eval set (DataLoader.Eval.dataset: one or a list)."""
-    spec = cfg["DataLoader"]["Eval"]["dataset"]
-    specs = [] if spec is None else spec if isinstance(spec, list) else [spec]
-    sets = {}
-    for s in specs:
-        path = s.get("bin_path") or s.get("image_root") or s.get("name")
-        name = s.get("set_name") or os.path.splitext(os.path.basename(str(path).rstrip("/")))[0]
-        if name in sets:
-            raise ConfigError(f"DataLoader.Eval.dataset: two eval sets are named '{name}'")
-        sets[name] = s
-    return sets
-
-
 def device_of(cfg, log):
     want = cfg["Global"]["device"]
-    if want in ("xpu", "npu"):
-        log.warning(f"Global.device={want}: plsc runs on gpu or cpu; running on cpu")
-        want = "cpu"
     if want == "gpu" and not paddle.is_compiled_with_cuda():
         log.info("Global.device is gpu but this Paddle build has no CUDA: running on cpu")
         want = "cpu"

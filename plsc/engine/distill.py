@@ -22,6 +22,7 @@ import numpy as np
 import paddle
 
 from plsc.distributed import all_reduce_sum_
+from plsc.config.schema import _TRANSFORMS_DEFAULT
 from plsc.io import checkpoint as ckpt
 from plsc.errors import ConfigError
 from plsc.models.loading import load_backbone
@@ -33,8 +34,6 @@ STANDARD_INPUT = ("rgb", (1 / 127.5,) * 3, (-1.0,) * 3)  # (x / 255 - 0.5) / 0.5
 def input_pipeline(dataset_spec):
     """(channel order, per-channel multiplier, offset) a training dataset hands the model, or None when
     its images come already normalized (FaceRandomDataset)."""
-    from plsc.config_schema import _TRANSFORMS_DEFAULT
-
     if dataset_spec.get("name") == "FaceRandomDataset":
         return None
     order, mul, add = "bgr", (1.0,) * 3, (0.0,) * 3

@@ -36,7 +36,7 @@ from plsc.nn import build_head
 from plsc.nn.storage import FCStorageOverflow
 from plsc.optim.grad_step import GradCheck
 from plsc.optim.lr import build_lr_schedule
-from plsc.optim.optimizers import build_optimizer, build_sparse_optimizer, optimizer_notes
+from plsc.optim.optimizers import build_optimizer, build_sparse_optimizer
 
 
 class Engine:
@@ -83,31 +83,25 @@ class Engine:
 
     def _build_training(self):
         cfg, g = self.cfg, self.cfg["Global"]
-        if g["accum_steps"] < 1:
-            raise ConfigError(f"Global.accum_steps must be >= 1, got {g['accum_steps']}")
         self.dataset, self.sampler, self.loader = build_train_loader(cfg, self.rank, self.world_size)
         self.inputs = getattr(self.dataset, "device_transform", None)  # uint8 batch -> normalized images
         if self.inputs is not None:
             self.log.info(f"training images cross the loader as uint8; on the device: {self.inputs}")
         batch_size = cfg["DataLoader"]["Train"]["sampler"]["batch_size"]
-        if g["accum_steps"] > batch_size:
-            raise ConfigError(f"Global.accum_steps={g['accum_steps']} splits each batch of "
-                              f"DataLoader.Train.sampler.batch_size={batch_size} into micro-batches: it must be "
-                              f"<= the batch size")
         self.head = build_head(cfg["Model"], cfg["Loss"]["Train"], g["seed"])
         # before the optimizer and DataParallel see the backbone: frozen parts take no gradient
         self.finetune = FineTune(cfg["FineTune"], self.backbone, self.log) if g["finetune"] else None
         self.distiller = Distiller(cfg["Distill"], cfg, self.log) if cfg["Distill"]["teacher"] else None
         self.steps_per_epoch = len(self.sampler)
         self.schedule = build_lr_schedule(cfg["LRScheduler"], self.steps_per_epoch, g["epochs"])
-        self._note(*self.schedule.notes, *optimizer_notes(cfg["Optimizer"]))
+        self._note(*self.schedule.notes)
         self.opt, clip = build_optimizer(cfg["Optimizer"], _dense_trained(self.backbone, self.distiller), self.schedule(0),
                                          multi_precision=self.amp.level == "O2")
         self.backbone, self.opt = self.amp.decorate(self.backbone, self.opt,
                                                     excluded_layers=self.backbone.fp32_layers())
         self.model = data_parallel(self.backbone, cfg["DistributedStrategy"]["data_parallel"], self.world_size)
         self.fc_opt = self.head.set_optimizer(build_sparse_optimizer(
-            cfg["Optimizer"], self.head.weight, every_row=not cfg["Model"]["pfc_config"]["sparse_update"],
+            cfg["Optimizer"], self.head.weight, every_row=cfg["Model"]["pfc_config"]["update_rows"] == "all",
             store=self.head.store))
         self.scaler = LossScaler.from_config(cfg["FP16"])
         self.grad_check = GradCheck(self.scaler, clip, self.world_size,

@@ -4,8 +4,8 @@ DataLoader.Eval.dataset is one dataset mapping or a list of them (one per eval s
 FaceBinDataset {bin_path} for insightface .bin files, FaceVerificationDataset {image_root,
 cls_label_path} for PLSC's pairs folders. Metric.Eval: [- LFWAcc {flip_test}].
 """
-from plsc.engine.builders import eval_sets
-from plsc.errors import ConfigError
+from plsc.config.rules import eval_sets
+from plsc.registry import METRICS
 
 
 class Evaluator:
@@ -14,21 +14,9 @@ class Evaluator:
         self.rank, self.world_size, self.log = rank, world_size, log
         sampler = cfg["DataLoader"]["Eval"]["sampler"]
         self.batch_size = sampler["batch_size"]
-        if self.sets:
-            if sampler.get("name") not in ("BatchSampler", "DistributedBatchSampler"):
-                raise ConfigError(f"DataLoader.Eval.sampler.name={sampler.get('name')!r}: evaluation reads every "
-                                  f"image once, split across ranks; use BatchSampler")
-            for key in ("shuffle", "drop_last"):
-                if sampler.get(key):
-                    raise ConfigError(f"DataLoader.Eval.sampler.{key}=true: verification embeds every pair in "
-                                      f"file order (its folds are contiguous runs of pairs); set it to false")
         loader = cfg["DataLoader"]["Eval"]["loader"]
         self.workers = {"num_workers": loader["num_workers"], "use_shared_memory": loader["use_shared_memory"]}
-        metrics = cfg["Metric"]["Eval"] or []
-        if len(metrics) > 1:
-            raise ConfigError(f"Metric.Eval: one verification metric, got {[next(iter(m)) for m in metrics]}")
-        from plsc.registry import METRICS
-
+        metrics = cfg["Metric"]["Eval"] or []  # plsc.config.rules.check_eval: at most one; sets read in order
         self.metric = None
         if metrics:
             (name, kwargs), = metrics[0].items()

@@ -18,6 +18,7 @@ import zipfile
 
 import numpy as np
 
+from plsc.config.rules import eval_sets
 from plsc.io import checkpoint as ckpt
 from plsc.errors import CheckpointError, ConfigError
 
@@ -146,7 +147,6 @@ def take_source(path, model):
 
 def open_eval_sets(cfg):
     """Open every configured eval set as evaluation will (a refusal names the set and file)."""
-    from plsc.engine.builders import eval_sets
     from plsc.metrics.evaluator import build_eval_dataset
 
     for name, spec in eval_sets(cfg).items():

@@ -2,55 +2,30 @@
 
     head = build_head(cfg["Model"], cfg["Loss"]["Train"], seed)
     loss = head(features, labels)    # fp32 mean loss over the global batch, same on every rank
+
+The config's rules for these keys (one margin loss, sample_ratio / sample_num, storage dtype) are checked when
+the config loads (plsc.config.rules.check_head; again here for callers that build a head from a dict); what
+only the run knows (the world size) is checked here.
 """
+from plsc.config.rules import check_head
+from plsc.distributed import world_size
 from plsc.errors import ConfigError
 from plsc.nn import margins  # noqa: F401  (registers MarginLoss, AdaFaceLoss)
 from plsc.nn.partial_fc import PartialFC
-from plsc.nn.storage import STORAGE_DTYPES
+from plsc.registry import LOSSES
 
 
 def build_head(model_cfg, loss_cfg, seed=0):
-    from plsc.distributed import world_size
-    from plsc.registry import LOSSES
-
-    if not loss_cfg or len(loss_cfg) != 1:
-        raise ConfigError(f"Loss.Train: expected exactly one margin loss (e.g. [- MarginLoss: {{m2: 0.5}}]), "
-                          f"got {len(loss_cfg or [])} entries")
+    check_head(model_cfg, loss_cfg)
     (name, kwargs), = loss_cfg[0].items()
     margin = LOSSES.build(name, **(kwargs or {}))
     pfc = model_cfg["pfc_config"]
-    ratio, parallel = pfc["sample_ratio"], pfc["model_parallel"]
-    if not (0.0 < ratio <= 1.0):
-        raise ConfigError(f"Model.pfc_config.sample_ratio must be in (0, 1], got {ratio}")
-    sample_num = pfc.get("sample_num")
-    if sample_num is not None:
-        if isinstance(sample_num, bool) or not isinstance(sample_num, int) or sample_num < 1:
-            raise ConfigError(f"Model.pfc_config.sample_num must be an integer >= 1 (rows per rank per step) or null, "
-                              f"got {sample_num!r}")
-        if ratio != 1.0:
-            raise ConfigError(f"Model.pfc_config: sample_ratio={ratio} and sample_num={sample_num} are both set; "
-                              f"set one (sample_num: rows per rank per step; sample_ratio: a fraction of the shard)")
-    storage = pfc.get("storage_dtype", "float32")
-    if storage not in STORAGE_DTYPES:
-        raise ConfigError(f"Model.pfc_config.storage_dtype={storage!r}: expected one of {', '.join(STORAGE_DTYPES)}")
-    if storage != "float32" and model_cfg["num_features"] % 2:
-        raise ConfigError(f"Model.pfc_config.storage_dtype={storage} needs an even Model.num_features (16-bit rows "
-                          f"move as pairs), got {model_cfg['num_features']}")
-    threshold = pfc.get("interclass_filtering_threshold", 0.0)
-    if isinstance(threshold, bool) or not isinstance(threshold, (int, float)) or not 0.0 <= threshold < 1.0:
-        raise ConfigError(f"Model.pfc_config.interclass_filtering_threshold must be in [0, 1) (0: off), got "
-                          f"{threshold!r}")
-    if margin.model_parallel is None:
-        margin.model_parallel = parallel
-    if bool(margin.model_parallel) != parallel:
-        raise ConfigError(f"Loss.Train.0.{name}.model_parallel={margin.model_parallel} disagrees with "
-                          f"Model.pfc_config.model_parallel={parallel}; set both the same")
+    parallel = pfc["model_parallel"]
     classes, w = model_cfg["class_num"], world_size()
-    if classes < 1:
-        raise ConfigError(f"Model.class_num must be >= 1, got {classes}")
     if parallel and classes < w:
         raise ConfigError(f"Model.class_num={classes} is smaller than the world size {w}: every rank must own "
                           f"at least one class (or set Model.pfc_config.model_parallel=false)")
-    return PartialFC(model_cfg["num_features"], classes, margin, sample_ratio=ratio, model_parallel=parallel,
-                     seed=seed, sample_num=sample_num, storage_dtype=storage,
-                     interclass_filtering_threshold=threshold)
+    return PartialFC(model_cfg["num_features"], classes, margin, sample_ratio=pfc["sample_ratio"],
+                     model_parallel=parallel, seed=seed, sample_num=pfc.get("sample_num"),
+                     storage_dtype=pfc.get("storage_dtype", "float32"),
+                     interclass_filtering_threshold=pfc.get("interclass_filtering_threshold", 0.0))

@@ -36,15 +36,14 @@ class MarginLoss:
 
     uses_norms = False
 
-    def __init__(self, m1=1.0, m2=0.5, m3=0.0, s=64.0, model_parallel=None, weight=1.0):
+    def __init__(self, m1=1.0, m2=0.5, m3=0.0, s=64.0, weight=1.0):
         _check("MarginLoss.m1", m1, 1.0, 10.0, "m1 (multiplicative angular margin) must be in [1, 10]")
         _check("MarginLoss.m2", m2, 0.0, math.pi / 2, "m2 (additive angular margin) must be in [0, pi/2]")
         _check("MarginLoss.m3", m3, 0.0, 1.0, "m3 (additive cosine margin) must be in [0, 1]")
         _check("MarginLoss.s", s, 1e-3, 1e4, "s (scale) must be positive")
         _check("MarginLoss.weight", weight, 0.0, 1e6, "weight must be >= 0")
         self.m1, self.m2, self.m3, self.s = float(m1), float(m2), float(m3), float(s)
-        # None: as Model.pfc_config.model_parallel (a value that disagrees with it is refused)
-        self.model_parallel, self.weight = model_parallel, float(weight)
+        self.weight = float(weight)
         # past this angle m1*theta + m2 >= pi: continue linearly in cos (insightface's fallback)
         self._theta_max = (math.pi - self.m2) / self.m1
 
@@ -83,14 +82,13 @@ class AdaFaceLoss:
     uses_norms = True
     eps = 1e-3
 
-    def __init__(self, m=0.4, h=0.333, s=64.0, t_alpha=0.01, model_parallel=None, weight=1.0):
+    def __init__(self, m=0.4, h=0.333, s=64.0, t_alpha=0.01, weight=1.0):
         _check("AdaFaceLoss.m", m, 0.0, 2.0, "m must be in [0, 2]")
         _check("AdaFaceLoss.h", h, 0.0, 10.0, "h must be in [0, 10]")
         _check("AdaFaceLoss.s", s, 1e-3, 1e4, "s (scale) must be positive")
         _check("AdaFaceLoss.t_alpha", t_alpha, 0.0, 1.0, "t_alpha must be in [0, 1]")
         self.m, self.h, self.s, self.t_alpha = float(m), float(h), float(s), float(t_alpha)
-        # None: as Model.pfc_config.model_parallel (a value that disagrees with it is refused)
-        self.model_parallel, self.weight = model_parallel, float(weight)
+        self.weight = float(weight)
         # AdaFace's initial EMA values; device tensors, so the update needs no host read
         self.batch_mean = paddle.full([1], 20.0, dtype="float32")
         self.batch_std = paddle.full([1], 100.0, dtype="float32")

@@ -56,58 +56,21 @@ def Momentum(model, learning_rate, momentum=0.9, weight_decay=0.0, use_nesterov=
         use_multi_tensor=True)
 
 
-def _adamw_hyper(settings):
-    """beta1 / beta2 / epsilon from plsc's names or PLSC's (betas: (b1, b2) or its string form, eps)."""
-    out = dict(settings)
-    betas = out.pop("betas", None)
-    if betas is not None:
-        betas = _parse_pair(betas)
-        for name, value in zip(("beta1", "beta2"), betas):
-            if out.get(name) is not None and out[name] != value:
-                raise ConfigError(f"Optimizer.betas={list(betas)} disagrees with Optimizer.{name}={out[name]}")
-            out[name] = value
-    eps = out.pop("eps", None)
-    if eps is not None:
-        if out.get("epsilon") is not None and out["epsilon"] != eps:
-            raise ConfigError(f"Optimizer.eps={eps} disagrees with Optimizer.epsilon={out['epsilon']}")
-        out["epsilon"] = eps
-    for name, default in (("beta1", 0.9), ("beta2", 0.999), ("epsilon", 1e-8)):
-        out[name] = float(default if out.get(name) is None else out[name])
-        if (name != "epsilon" and not 0 <= out[name] < 1) or out[name] < 0:
-            raise ConfigError(f"Optimizer.{name} must be in [0, 1){' (epsilon >= 0)' if name == 'epsilon' else ''}, "
-                              f"got {out[name]}")
-    return out
-
-
-def _parse_pair(value):
-    """(0.9, 0.999) from a list / tuple or PLSC's string "(0.9, 0.999)" (parsed as numbers, never evaluated)."""
-    if isinstance(value, str):
-        parts = value.strip().strip("()[]").split(",")
-        try:
-            value = [float(x) for x in parts]
-        except ValueError:
-            raise ConfigError(f"Optimizer.betas: {value!r} is not two numbers like (0.9, 0.999)") from None
-    if not isinstance(value, (list, tuple)) or len(value) != 2 or \
-            not all(isinstance(x, (int, float)) and not isinstance(x, bool) for x in value):
-        raise ConfigError(f"Optimizer.betas: expected two numbers like (0.9, 0.999), got {value!r}")
-    return [float(x) for x in value]
-
-
 @OPTIMIZERS.register()
-def AdamW(model, learning_rate, beta1=None, beta2=None, epsilon=None, weight_decay=0.0, betas=None, eps=None,
-          no_weight_decay_for_bn_bias=False, no_weight_decay_name=(), use_master_param=False,
-          exp_avg_force_fp32=False, multi_precision=False):
-    """paddle.optimizer.AdamW (decoupled decay), PLSC's keys and defaults: betas (0.9, 0.999), eps 1e-8, weight
-    decay 0 on every parameter unless no_weight_decay_name / no_weight_decay_for_bn_bias exclude it, fp32 master
-    weights under O2 only with use_master_param."""
-    h = _adamw_hyper({"beta1": beta1, "beta2": beta2, "epsilon": epsilon, "betas": betas, "eps": eps})
+def AdamW(model, learning_rate, beta1=0.9, beta2=0.999, epsilon=1e-8, weight_decay=0.0,
+          no_weight_decay_for_bn_bias=False, no_weight_decay_name=(), use_master_param=False, multi_precision=False):
+    """paddle.optimizer.AdamW (decoupled decay) with PLSC's defaults: weight decay 0 on every parameter unless
+    no_weight_decay_name / no_weight_decay_for_bn_bias exclude it, fp32 master weights under O2 only with
+    use_master_param (PLSC's `betas` / `eps` are translated into beta1 / beta2 / epsilon when the config loads)."""
+    for name, value in (("beta1", beta1), ("beta2", beta2)):
+        if not 0 <= value < 1:
+            raise ConfigError(f"Optimizer.{name} must be in [0, 1), got {value}")
+    if not epsilon >= 0:
+        raise ConfigError(f"Optimizer.epsilon must be >= 0, got {epsilon}")
     params = _param_groups(model, weight_decay, no_weight_decay_for_bn_bias, no_weight_decay_name)
     return paddle.optimizer.AdamW(
-        learning_rate=learning_rate, beta1=h["beta1"], beta2=h["beta2"], epsilon=h["epsilon"], parameters=params,
-        weight_decay=float(weight_decay), multi_precision=bool(multi_precision and use_master_param))
-
-
-AdamW.resolve = _adamw_hyper
+        learning_rate=learning_rate, beta1=float(beta1), beta2=float(beta2), epsilon=float(epsilon),
+        parameters=params, weight_decay=float(weight_decay), multi_precision=bool(multi_precision and use_master_param))
 
 
 def build_optimizer(cfg, model, learning_rate, multi_precision=False):
@@ -126,29 +89,16 @@ def optimizer_settings(cfg):
     settings = {k: p.default for k, p in inspect.signature(builder).parameters.items()
                 if p.default is not inspect.Parameter.empty}
     settings.update({k: v for k, v in cfg.items() if k not in ("name", "grad_clip")})
-    resolve = getattr(builder, "resolve", None)
-    return resolve(settings) if resolve else settings
-
-
-def optimizer_notes(cfg):
-    """Optimizer keys accepted for PLSC that change nothing here (the engine logs each)."""
-    notes = []
-    if cfg.get("exp_avg_force_fp32"):
-        notes.append("Optimizer.exp_avg_force_fp32 has no separate effect: AdamW's moments are fp32 whenever the "
-                     "weights are (always on CPU; under FP16 O2 with use_master_param)")
-    return notes
+    return settings
 
 
 def build_sparse_optimizer(cfg, param, every_row=False, store=None):
-    """The FC weight's optimizer: the twin of Optimizer.name, with the same hyper-parameters.
+    """The FC weight's optimizer: the twin of Optimizer.name (plsc.config.rules checks there is one), with the
+    same hyper-parameters.
 
-    every_row: Model.pfc_config.sparse_update false (PLSC's dense update of every row); store: the head's
+    every_row: Model.pfc_config.update_rows all (every row each step); store: the head's
     plsc.nn.storage.RowStorage (its storage dtype; None: float32)."""
-    name = cfg["name"]
-    if name not in SPARSE_OPTIMIZERS:
-        raise ConfigError(f"Optimizer.name={name}: there is no sparse version of it for the PartialFC weight "
-                          f"(sparse optimizers: {', '.join(SPARSE_OPTIMIZERS.names())})")
-    cls = SPARSE_OPTIMIZERS.get(name)
+    cls = SPARSE_OPTIMIZERS.get(cfg["name"])
     accepted = [k for k in inspect.signature(cls).parameters if k != "param"]
     settings = optimizer_settings(cfg)
     if any(s in name for s in settings.get("no_weight_decay_name") or () for name in ("head.weight", param.name)):

@@ -18,7 +18,7 @@ slots are the only [rows, D] tensors, all in the head's storage dtype (plsc.nn.s
 8 x D bytes with Momentum in float32, 4 x D in 16 bits (12 / 6 with AdamW). Rows are read as
 float32, updated in float32 and written back through the storage (16 bits: stochastic rounding).
 
-every_row (Model.pfc_config.sparse_update false, PLSC's dense update): the rule is applied to every
+every_row (Model.pfc_config.update_rows all; PLSC's dense update, its sparse_update false): the rule is applied to every
 row each step, with a zero gradient outside R (momentum decays, weight decay shrinks every row):
 one pass over the shard per step, still without a dense gradient tensor.
 
@@ -52,7 +52,7 @@ class SparseRowOptimizer:
         written back, so the rows are not gathered a second time."""
         self.num_steps += 1
         before = None
-        if index is not None and self.every_row:  # PLSC's dense update: R's rows as they are now, then every row
+        if index is not None and self.every_row:  # R's rows as they are now, then every row
             before = (rows if rows is not None else self.store.get(self.param, index),
                       {n: self.store.get(t, index) for n, t in self.slots.items()})
             self._update_every_row_without_gradient(lr)

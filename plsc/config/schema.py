@@ -1,6 +1,7 @@
 """Every config key plsc reads: its default, its type and a one-line doc, in one place.
 
-`docs/config.md` is generated from this tree (`python -m plsc.config --markdown`).
+`docs/config.md` is generated from this tree (`python -m plsc.config --markdown`). These are plsc's own keys;
+PLSC's other spellings are translated into them before validation (plsc/config/plsc_compat.py).
 
 Sections whose value is a mapping with a `name` (dataset, sampler, LRScheduler, Optimizer,
 grad_clip) or a list of `{Name: {kwargs}}` items (Loss.Train, Metric.Eval, transform_ops) are
@@ -67,20 +68,12 @@ def _loader_section(train):
                                (" (0: one reading thread)" if train else
                                 " (0: one decoding thread; evaluation during training and plsc-eval)")),
             "use_shared_memory": Key(True, bool, "pass batches through shared memory"),
-            "collate_fn": Key("default_collate_fn", str, "PLSC's collate function name (stack every field)",
-                              choices=["default_collate_fn"]),
         },
     }
 
 
 SCHEMA = {
     "Global": {
-        "task_type": Key("recognition", str, "task; plsc trains face recognition", choices=["recognition"]),
-        "train_epoch_func": Key("default_train_one_epoch", str, "PLSC's train loop name (its configs before "
-                                "2022-12-26 spell it defualt_train_one_epoch)",
-                                choices=["default_train_one_epoch", "defualt_train_one_epoch"]),
-        "eval_func": Key("face_verification_eval", str, "kept for PLSC compatibility",
-                         choices=["face_verification_eval"]),
         "checkpoint": Key(None, OPT_STR, "checkpoint dir (e.g. output/IResNet50/latest) to resume from"),
         "pretrained_model": Key(None, OPT_STR, "weights to start from / evaluate / export: a plsc checkpoint dir, a "
                                 "plsc-import output, or a PLSC prefix (output/IResNet50/latest -> latest.pdparams "
@@ -93,12 +86,11 @@ SCHEMA = {
         "overwrite": Key(False, bool, "plsc-train into an <output_dir>/<Model.name>/ that already holds checkpoints "
                          "is refused unless resuming (Global.checkpoint) or this is true (that run's checkpoints are "
                          "then removed when training starts)"),
-        "device": Key("gpu", str, "gpu or cpu; gpu falls back to cpu (with a log line) when Paddle has no CUDA; "
-                      "PLSC's xpu / npu are accepted and run on cpu (warned)", choices=["gpu", "cpu", "xpu", "npu"]),
+        "device": Key("gpu", str, "gpu or cpu; gpu falls back to cpu (with a log line) when Paddle has no CUDA",
+                      choices=["gpu", "cpu"]),
         "flags": Key(None, (dict, type(None)), "Paddle flags to set (paddle.set_flags), PLSC's: merged over "
                      "FLAGS_cudnn_exhaustive_search 1, FLAGS_cudnn_batchnorm_spatial_persistent 1, "
                      "FLAGS_max_inplace_grad_add 8 on GPU runs (cuDNN flags are warned about and skipped on CPU)"),
-        "use_dali": Key(False, bool, "PLSC key without effect (plsc's loader reads the data; warned when true)"),
         "save_interval": Key(1, int, "save a checkpoint every N save_units"),
         "save_unit": Key("epoch", str, "unit of save_interval", choices=["epoch", "step"]),
         "max_num_latest_checkpoint": Key(0, int, "PLSC's meaning: 0 writes no epoch_N checkpoint, N > 0 keeps the "
@@ -139,8 +131,6 @@ SCHEMA = {
         "recompute": Key(False, (bool, dict), "recompute blocks in backward (saves activation memory): true (every "
                          "block) or PLSC's {layerlist_interval: k, names: [stage names]}: every k-th block of the "
                          "backbone's block lists, and the named stages (e.g. layer1) as one unit each"),
-        "data_sharding": Key(False, bool, "PLSC key; true is refused (PLSC does not support it either)",
-                             choices=[False]),
         "sync_bn": Key(False, bool, "BatchNorm with global-batch statistics across ranks (W ranks x b == 1 x W*b)"),
         "collective_timeout": Key(300, int, "seconds a collective may wait for other ranks before the job fails"),
     },
@@ -170,15 +160,16 @@ SCHEMA = {
                                                   "push away from a likely duplicate identity); 0: off, in [0, 1)"),
             "model_parallel": Key(False, bool, "shard the FC by class across ranks (false: replicate it; PLSC's "
                                   "default)"),
-            "sparse_update": Key(True, bool, "update only the rows a step used; false: PLSC's dense update (every "
-                                 "row's momentum decays and weight decay applies each step)"),
+            "update_rows": Key("sampled", str, "rows of the class shard the optimizer updates each step: sampled "
+                               "(only the rows the step used) or all (every row's momentum decays and weight decay "
+                               "applies each step: PLSC's dense update, its sparse_update false)",
+                               choices=["sampled", "all"]),
         },
     },
     "Loss": {
         "Train": RegisteredList("LOSSES", [{"MarginLoss": {"m1": 1.0, "m2": 0.5, "m3": 0.0, "s": 64.0,
                                                            "weight": 1.0}}],
                                 "margin head: [- MarginLoss {m1, m2, m3, s}] or [- AdaFaceLoss {m, h, s, t_alpha}]"),
-        "Eval": RegisteredList("LOSSES", [], "PLSC key without effect: verification evaluates embeddings (warned)"),
     },
     "LRScheduler": Registered("LR_SCHEDULERS", {"name": "Poly", "learning_rate": 0.1, "decay_unit": "step",
                                                 "warmup_steps": 0},
@@ -188,8 +179,6 @@ SCHEMA = {
                             "optimizer: {name: Momentum|AdamW, ..., grad_clip: {name: ClipGradByGlobalNorm, ...}}"),
     "DataLoader": {"Train": _loader_section(True), "Eval": _loader_section(False)},
     "Metric": {
-        "Train": Key([], list, "PLSC key, not computed (warned): PLSC's TopkAcc on the sampled, shard-local logits "
-                     "does not measure a sharded classifier; the loss is logged"),
         "Eval": RegisteredList("METRICS", [{"LFWAcc": {"flip_test": True}}], "verification metrics"),
     },
     "FineTune": {
