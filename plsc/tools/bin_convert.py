@@ -1,13 +1,5 @@
-"""plsc-bin-convert: verification .bin <-> image pairs + PLSC pairs label.txt.
-
-    plsc-bin-convert to-pairs lfw.bin OUTPUT_DIR [--flip] [--force]
-    plsc-bin-convert to-bin PAIRS_DIR OUT.bin [--label-file label.txt] [--drop-hflip] [--force]
-
-to-pairs writes OUTPUT_DIR/images/%08d_0.<ext>, %08d_1.<ext> (the encoded bytes unchanged) and
-OUTPUT_DIR/label.txt (`images/a<TAB>images/b<TAB>issame`, as PLSC's converter writes it); --flip adds
-horizontally flipped PNG copies (`%08d_0_hflip.png`) as extra lines. to-bin packs every line of the
-label file (--drop-hflip leaves out lines whose two images are *_hflip.*) into an insightface .bin.
-"""
+"""plsc-bin-convert's work: a verification .bin <-> image pairs + PLSC's pairs label.txt (command line:
+plsc/cli/data.py)."""
 import os
 
 import cv2

@@ -1,14 +1,6 @@
-"""plsc-fc-shards: merge a checkpoint's FC shards into one file, or split one for another world size.
-
-    plsc-fc-shards merge output/IResNet50/latest --out fc_full.npz
-    plsc-fc-shards split output/IResNet50/latest --world-size 4 --out output/IResNet50/latest_w4
-    plsc-fc-shards split fc_full.npz --world-size 4 --out shards/
-
-Training resumes at any world size by itself (each rank reads the rows it needs); this tool is for
-moving the classifier elsewhere: one [C, D] weight (+ momentum) array, or a checkpoint whose shard
-files match the world size it will run on. Splitting a checkpoint copies its other files, updates
-its world size and writes a fresh manifest.
-"""
+"""plsc-fc-shards' work: a checkpoint's FC shards merged into one .npz, or split for another world size (a whole
+checkpoint with its manifest when the source is one); outputs written aside and renamed, only an earlier output of
+this tool replaced. The command line: plsc/cli/data.py."""
 import os
 import shutil
 import tempfile

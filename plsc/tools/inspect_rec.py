@@ -1,12 +1,5 @@
-"""plsc-inspect-rec: summarize a RecordIO dataset and find its first bad record.
-
-    plsc-inspect-rec REC_DIR [--name train] [--limit N]
-
-Prints the layout (insightface / im2rec), number of records, images and classes, the size of the
-first image, and checks every image record (or the first --limit): framing, header, label range,
-decodability. Exit code 0 when all checked records are fine, 1 at the first bad record, 2 when the
-files cannot be opened at all.
-"""
+"""plsc-inspect-rec's work: a RecordIO dataset's layout and sizes, and its first bad record (command line:
+plsc/cli/data.py)."""
 import os
 
 import cv2

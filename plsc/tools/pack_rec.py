@@ -1,13 +1,6 @@
-"""plsc-pack-rec: pack images into an insightface-layout RecordIO (train.rec, train.idx, train.lst).
-
-    plsc-pack-rec INPUT OUTPUT_DIR [--image-root DIR] [--encode keep|jpg|png] [--quality 95] [--workers N] [--force]
-
-INPUT is a folder with one subfolder per identity (labels 0.. in sorted subfolder order) or a PLSC
-label.txt (`relpath<TAB>label`, paths relative to --image-root, default the label file's folder).
-Record 0 holds the identity key range, keys 1..N the images (sorted by label), then one record per
-identity with its [start, end) image keys; train.lst lists `key<TAB>label<TAB>relpath`.
---encode keep stores the file bytes unchanged (after checking they decode); jpg/png re-encode.
-"""
+"""plsc-pack-rec's work: images (an identity folder tree or a PLSC label.txt) packed into an insightface-layout
+RecordIO (train.rec, train.idx, train.lst), written under temporary names and renamed. The command line and the
+layout's description: plsc/cli/data.py."""
 import os
 import sys
 from concurrent.futures import ThreadPoolExecutor

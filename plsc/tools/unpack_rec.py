@@ -1,11 +1,4 @@
-"""plsc-unpack-rec: extract a RecordIO dataset to images + a PLSC label.txt.
-
-    plsc-unpack-rec REC_DIR OUTPUT_DIR [--name train] [--force]
-
-Writes OUTPUT_DIR/images/<key 8 digits>.<jpg|png> (the stored bytes, unchanged) and
-OUTPUT_DIR/label.txt (`images/<file><TAB>label`), ready for FaceIdentificationDataset
-{image_root: OUTPUT_DIR, cls_label_path: OUTPUT_DIR/label.txt}.
-"""
+"""plsc-unpack-rec's work: a RecordIO dataset extracted to images + a PLSC label.txt (command line: plsc/cli/data.py)."""
 import os
 
 from plsc.data.datasets import describe
