@@ -14,8 +14,7 @@ import os
 import numpy as np
 
 from plsc.errors import CheckpointError, PlscError
-
-MODEL_JSON, MODEL_PARAMS, META_FILE = "inference.json", "inference.pdiparams", "meta.json"
+from plsc.io.exported import META_FILE, MODEL_JSON, MODEL_PARAMS, exported_format  # noqa: F401  (re-exported)
 
 
 def _threads():
@@ -168,11 +167,12 @@ def resolve_model_path(path):
         raise CheckpointError("no exported model path given (expected an export dir, its inference.json "
                               "or a .onnx file)")
     path = str(path)
-    if path.endswith(".onnx"):
+    kind = exported_format(path)
+    if kind == "onnx":
         if not os.path.isfile(path):
             raise CheckpointError(f"ONNX model not found: {path}")
         return "onnx", path
-    if os.path.basename(path) == MODEL_JSON:
+    if kind == "paddle" and os.path.basename(path) == MODEL_JSON:
         directory = os.path.dirname(path) or "."
     elif os.path.isdir(path):
         directory = path

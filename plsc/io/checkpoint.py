@@ -50,9 +50,13 @@ def load_arrays(path):
         raise CheckpointError(f"checkpoint file {path} is truncated or corrupt ({type(e).__name__}: {e})") from None
 
 
-def save_json(path, obj):
-    with open(path, "w") as f:
-        json.dump(obj, f, indent=1, sort_keys=True)
+def save_json(path, obj, sort_keys=True):
+    """Write `obj` as JSON whole into a temporary sibling, then rename it over `path`: a reader (or a kill)
+    never sees a half-written file. plsc's one JSON writer (checkpoints, plsc-eval's results)."""
+    tmp = os.path.join(os.path.dirname(path), f".{os.path.basename(path)}.tmp")
+    with open(tmp, "w") as f:
+        json.dump(obj, f, indent=1, sort_keys=sort_keys)
+    os.replace(tmp, path)
 
 
 def load_json(path):
