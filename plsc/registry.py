@@ -51,7 +51,8 @@ class Registry:
     def __contains__(self, name):
         return name in self._table or name in self._items
 
-    def _unknown(self, name):
+    def unknown(self, name):
+        """The ConfigError for a name that is not registered: the closest one and every registered name."""
         close = difflib.get_close_matches(str(name), self.names(), n=1)
         hint = f" Did you mean '{close[0]}'?" if close else ""
         return ConfigError(f"unknown {self.kind} '{name}'.{hint} Registered {self.kind}s: {', '.join(self.names())}")
@@ -59,7 +60,7 @@ class Registry:
     def get(self, name):
         if name not in self._items:
             if name not in self._table:
-                raise self._unknown(name)
+                raise self.unknown(name)
             module, attr = self._table[name].split(":")
             self._items[name] = getattr(importlib.import_module(module), attr)
         return self._items[name]
@@ -73,7 +74,7 @@ class Registry:
         if name in self._items:
             return builder_params(self._items[name])
         if name not in self._table:
-            raise self._unknown(name)
+            raise self.unknown(name)
         module, attr = self._table[name].split(":")
         return _SourceSignatures.of(module).params(attr)
 

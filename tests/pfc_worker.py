@@ -49,10 +49,12 @@ def run(out_dir):
             lo, hi = 0, len(labels)
         else:
             lo, hi = sum(sizes[:rank]), sum(sizes[:rank + 1])
-        parallel = next(iter(loss.values())).get("model_parallel", True)
+        (name, kwargs), = loss.items()
+        kwargs = dict(kwargs)
+        parallel = kwargs.pop("model_parallel", True)  # the case's Model.pfc_config.model_parallel
         model = {"num_features": DIM, "class_num": classes,
                  "pfc_config": {"sample_ratio": ratio, "model_parallel": parallel}}
-        head = build_head(model, [loss], seed=3)
+        head = build_head(model, [{name: kwargs}], seed=3)
         f = paddle.to_tensor(feats[lo:hi])
         f.stop_gradient = False
         value = head(f, paddle.to_tensor(labels[lo:hi]))

@@ -51,7 +51,9 @@ BROKEN = [
      r"Optimizer.eps=1e-06 disagrees with Optimizer.epsilon"),
     (["Optimizer={name: AdamW, betas: '(0.9, x)'}"], r"Optimizer.betas: '\(0.9, x\)' is not two numbers"),
     (["Optimizer={name: Momentum, betas: [0.9, 0.99]}"], r"Optimizer.betas: unknown key for Momentum"),
+    (["Model.name=IResNet51"], r"Model.name: unknown model 'IResNet51'. Did you mean 'IResNet50'\?"),
     (["Global.use_dali=3"], r"Global.use_dali: expected bool, got 3"),
+    (["LRScheduler.last_epoch=3"], r"LRScheduler.last_epoch=3: plsc starts schedules at the beginning \(-1\)"),
     (["DistributedStrategy.data_sharding=true"], r"DistributedStrategy.data_sharding: 'True' is not one of \[False\]"),
     (["Global.device=tpu"], r"Global.device: 'tpu' is not one of \['gpu', 'cpu'\]"),
 ]
@@ -79,7 +81,8 @@ def test_plsc_keys_arrive_in_plscs_schema(tmp_path):
     assert "betas: (0.9, 0.999)" in text and "sparse_update: False" in text and "exp_avg_force_fp32: True" in text
     path = tmp_path / "vit.yaml"
     path.write_text(text)
-    cfg = load_config(str(path), ["Global.use_dali=true", "Global.device=npu", "Metric.Train=[{TopkAcc: {}}]"])
+    cfg = load_config(str(path), ["Global.use_dali=true", "Global.device=npu", "Metric.Train=[{TopkAcc: {}}]",
+                                  "LRScheduler.verbose=true", "LRScheduler.last_epoch=-1"])
     opt = cfg["Optimizer"]
     assert (opt["beta1"], opt["beta2"], opt["epsilon"]) == (0.9, 0.999, 1e-8)
     assert not {"betas", "eps", "exp_avg_force_fp32"} & set(opt)
@@ -90,7 +93,9 @@ def test_plsc_keys_arrive_in_plscs_schema(tmp_path):
         assert gone not in cfg["Global"]
     assert "Train" not in cfg["Metric"] and "Eval" not in cfg["Loss"]
     assert [n.split(" ")[0].split("=")[0] for n in cfg.notes] == [
-        "Global.use_dali", "Metric.Train", "Global.device", "Optimizer.exp_avg_force_fp32"], cfg.notes
+        "Global.use_dali", "Metric.Train", "LRScheduler.verbose", "Global.device", "Optimizer.exp_avg_force_fp32"], \
+        cfg.notes
+    assert not {"verbose", "last_epoch"} & set(cfg["LRScheduler"])
 
 
 def test_registry_reads_every_builtin_signature_as_importing_it_would():

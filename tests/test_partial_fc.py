@@ -146,7 +146,7 @@ def test_fc_weight_is_a_parameter_and_never_gets_a_dense_gradient():
     index, grad, rows = head.sparse_grad()
     assert head.weight.grad is None and grad.shape == [10, 4] and rows.shape == [10, 4]
     replicated = build_head(dict(spec, pfc_config={"sample_ratio": 1.0, "model_parallel": False}),
-                            [{"MarginLoss": {"model_parallel": False}}])
+                            [{"MarginLoss": {}}])
     assert "dist" in replicated.weight.name and not replicated.weight.is_distributed
 
 

@@ -12,9 +12,10 @@ A published PLSC face config loads with PLSC's meaning: load_config runs transla
     Optimizer (AdamW) betas, eps       -> beta1, beta2, epsilon ("(0.9, 0.999)" as PLSC writes it is parsed as
                                           two numbers, never evaluated)
     keys with PLSC's one meaning       -> checked, removed (Global.task_type, train_epoch_func, eval_func,
-                                          DataLoader.*.loader.collate_fn, DistributedStrategy.data_sharding)
+                                          DataLoader.*.loader.collate_fn, DistributedStrategy.data_sharding,
+                                          LRScheduler.last_epoch -1)
     keys without an effect in plsc     -> removed with one note each when set (Global.use_dali, Loss.Eval,
-                                          Metric.Train, Optimizer.exp_avg_force_fp32)
+                                          Metric.Train, LRScheduler.verbose, Optimizer.exp_avg_force_fp32)
 
 Nothing is dropped silently: a key either keeps its meaning, or is refused, or leaves a note (Config.notes,
 logged by plsc-train) naming it. Every key here is listed, with its type, in PLSC_KEYS (docs/config.md).
@@ -44,6 +45,10 @@ PLSC_KEYS = {
     "Loss.Eval": Key([], list, "PLSC key without effect: verification evaluates embeddings (a note when set)"),
     "Metric.Train": Key([], list, "PLSC key, not computed (a note when set): PLSC's TopkAcc on the sampled, "
                         "shard-local logits does not measure a sharded classifier; the loss is logged"),
+    "LRScheduler.verbose": Key(False, bool, "PLSC key without effect (the train log shows the rate every "
+                               "print_batch_step; a note when true)"),
+    "LRScheduler.last_epoch": Key(-1, int, "PLSC key: schedules start at the beginning (-1); another value is "
+                                  "refused (to continue a run use Global.checkpoint)"),
     "Optimizer.betas": Key(None, (list, str), "AdamW: PLSC's (beta1, beta2), also as its text \"(0.9, 0.999)\""),
     "Optimizer.eps": Key(None, (int, float), "AdamW: PLSC's spelling of epsilon"),
     "Optimizer.exp_avg_force_fp32": Key(False, bool, "AdamW: PLSC key without separate effect (moments are fp32 "
@@ -56,6 +61,7 @@ _NO_EFFECT = {
                  "not use it either)",
     "Metric.Train": "Metric.Train is not computed: PLSC's TopkAcc over the sampled, shard-local logits does not "
                     "measure a sharded classifier; the training loss is logged instead",
+    "LRScheduler.verbose": "LRScheduler.verbose has no effect: the train log shows the rate every print_batch_step",
 }
 _PRESENCE_DEFAULTS = {"FP16": ("level", "O2"), "EMA": ("enabled", True)}  # a section given means these
 
@@ -77,6 +83,9 @@ def translate(raw):
             value = check_key(spec, value, path)
             if path in _NO_EFFECT and value:
                 notes.append(_NO_EFFECT[path])
+            if path == "LRScheduler.last_epoch" and value != -1:
+                raise ConfigError(f"LRScheduler.last_epoch={value}: plsc starts schedules at the beginning (-1); "
+                                  f"to continue a run use Global.checkpoint")
     g = raw.get("Global")
     if isinstance(g, dict) and g.get("device") in ("xpu", "npu"):
         notes.append(f"Global.device={g['device']}: plsc runs on gpu or cpu; running on cpu")

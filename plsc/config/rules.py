@@ -16,6 +16,7 @@ def check_all(cfg):
     check_finite(cfg)
     check_finetune(cfg)
     check_distill(cfg)
+    check_model(cfg)
     check_head(cfg["Model"], cfg["Loss"]["Train"])
     check_optimizer(cfg)
     check_train_batch(cfg)
@@ -55,6 +56,13 @@ def check_finetune(cfg):
         raise ConfigError(f"FineTune.backbone_lr_mult must be >= 0, got {f['backbone_lr_mult']}")
     if f["head_warmup_steps"] < 0:
         raise ConfigError(f"FineTune.head_warmup_steps must be >= 0, got {f['head_warmup_steps']}")
+
+
+def check_model(cfg):
+    """Model.name is a registered backbone (a plugin's name counts once its module registered it)."""
+    name = cfg["Model"]["name"]
+    if name not in registry.MODELS:
+        raise ConfigError(f"Model.name: {registry.MODELS.unknown(name)}")
 
 
 def check_head(model_cfg, loss_cfg):

@@ -224,7 +224,7 @@ SCHEMA = {
 REGISTERED_KWARGS = {
     # keys every registered LR scheduler accepts besides its own
     "LR_SCHEDULERS": {"name", "learning_rate", "decay_unit", "warmup_steps", "warmup_epochs", "warmup_start_lr",
-                      "warmup_end_lr", "last_epoch", "verbose"},
+                      "warmup_end_lr"},
     # keys every optimizer section accepts besides the optimizer's own
     "OPTIMIZERS": {"name", "grad_clip", "no_weight_decay_for_bn_bias"},
 }

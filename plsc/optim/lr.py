@@ -15,8 +15,8 @@ PLSC's meaning of every key (plsc/scheduler/lr_scheduler.py of PLSC v2.4):
     Cosine             eta_min + (learning_rate - eta_min) * (1 + cos(pi * (t - W) / (T - W))) / 2
     Constant           learning_rate after the warmup
 
-The default decay_unit is epoch, PLSC's. PLSC's `last_epoch` (-1: start at the beginning) and
-`verbose` are accepted; a resumed run continues from Global.checkpoint instead of last_epoch.
+The default decay_unit is epoch, PLSC's. PLSC's `last_epoch` (-1 only) and `verbose` are handled when the
+config loads (plsc/config/plsc_compat.py); a resumed run continues from Global.checkpoint.
 """
 import math
 
@@ -26,19 +26,14 @@ from plsc.registry import LR_SCHEDULERS
 
 class LRSchedule:
     def __init__(self, learning_rate=0.1, steps_per_epoch=1, epochs=1, decay_unit="epoch", warmup_steps=0,
-                 warmup_epochs=0, warmup_start_lr=0.0, warmup_end_lr=None, last_epoch=-1, verbose=False):
+                 warmup_epochs=0, warmup_start_lr=0.0, warmup_end_lr=None):
         if decay_unit not in ("step", "epoch"):
             raise ConfigError(f"LRScheduler.decay_unit: '{decay_unit}' is not one of ['step', 'epoch']")
         if learning_rate is None or learning_rate < 0:
             raise ConfigError(f"LRScheduler.learning_rate must be >= 0, got {learning_rate}")
-        if last_epoch != -1:
-            raise ConfigError(f"LRScheduler.last_epoch={last_epoch}: plsc starts schedules at the beginning (-1); "
-                              f"to continue a run use Global.checkpoint")
         if warmup_steps < 0 or warmup_epochs < 0:
             raise ConfigError("LRScheduler.warmup_steps / warmup_epochs must be >= 0")
         self.notes = []  # keys that have no effect here (the engine logs them)
-        if verbose:
-            self.notes.append("LRScheduler.verbose has no effect: the train log shows the rate every print_batch_step")
         self.base_lr = float(learning_rate)
         self.steps_per_epoch = max(1, int(steps_per_epoch))
         self.epochs = int(epochs)
