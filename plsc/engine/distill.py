@@ -23,6 +23,7 @@ import paddle
 
 from plsc.distributed import all_reduce_sum_
 from plsc.config.schema import _TRANSFORMS_DEFAULT
+from plsc.data.transforms import NormalizeImage
 from plsc.io import checkpoint as ckpt
 from plsc.errors import ConfigError
 from plsc.models.loading import load_backbone
@@ -43,8 +44,6 @@ def input_pipeline(dataset_spec):
         if name == "DecodeImage":
             order = "rgb" if kw.get("to_rgb", True) else "bgr"
         elif name == "NormalizeImage":
-            from plsc.data.transforms import NormalizeImage
-
             n = NormalizeImage(**kw)
             mul, add = tuple(float(v) for v in n.mul), tuple(float(v) for v in n.add)
     return order, mul, add

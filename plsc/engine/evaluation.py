@@ -5,6 +5,8 @@ FaceBinDataset {bin_path} for insightface .bin files, FaceVerificationDataset {i
 cls_label_path} for PLSC's pairs folders. Metric.Eval: [- LFWAcc {flip_test}].
 """
 from plsc.config.rules import eval_sets
+from plsc.metrics.evaluator import evaluate_sets, format_table
+from plsc.progress import Progress
 from plsc.registry import METRICS
 
 
@@ -24,10 +26,6 @@ class Evaluator:
         self.enabled = bool(self.sets) and self.metric is not None
 
     def run(self, embed_fn):
-        from plsc.metrics.evaluator import evaluate_sets, format_table
-
-        from plsc.progress import Progress
-
         share = f" (rank 0's share of {self.world_size} ranks)" if self.world_size > 1 else ""
         progress_for = (lambda name, n: Progress(n, "images", f"eval set '{name}': embedded", log=self.log.info,
                                                  note=share)) if self.rank == 0 else None
@@ -39,8 +37,6 @@ class Evaluator:
 
     def track(self, results, best, step, writer, tag="eval", label=""):
         """Update best-so-far accuracy per set; True when the mean accuracy over sets improved."""
-        from plsc.metrics.evaluator import format_table
-
         for name, r in results.items():
             writer.add(f"{tag}/{name}/acc", r["acc"], step)
             writer.add(f"{tag}/{name}/xnorm", r["xnorm"], step)
