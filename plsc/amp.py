@@ -21,6 +21,7 @@ import warnings
 
 import paddle
 
+from plsc.config.rules import check_loss_scaling, check_op_lists
 from plsc.errors import ConfigError
 
 
@@ -32,9 +33,7 @@ class AmpPolicy:
             raise ConfigError(f"FP16.dtype: '{dtype}' is not one of float16, bfloat16")
         self.level, self.dtype, self.device = level, dtype, device
         self.white_list, self.black_list = list(white_list or []), list(black_list or [])
-        both = set(self.white_list) & set(self.black_list)
-        if both:
-            raise ConfigError(f"FP16: ops {sorted(both)} are in both fp16_custom_white_list and fp16_custom_black_list")
+        check_op_lists(self.white_list, self.black_list)
         self.effective = level != "O0" and device != "cpu"
         if level != "O0" and device == "cpu":
             warnings.warn(f"FP16.level={level}: paddle.amp has no low-precision kernels on CPU; this run computes "
@@ -90,9 +89,7 @@ class LossScaler:
                 raise ConfigError(f"FP16.GradScaler.{key} must be an integer >= 1, got {val}")
         self.enabled = enabled
         self.dynamic = enabled and use_dynamic_loss_scaling
-        if not max_loss_scaling >= init_loss_scaling:
-            raise ConfigError(f"FP16.GradScaler.max_loss_scaling ({max_loss_scaling}) must be >= init_loss_scaling "
-                              f"({init_loss_scaling})")
+        check_loss_scaling(init_loss_scaling, max_loss_scaling)
         self.max_scale = float(max_loss_scaling)
         self.scale_value = float(init_loss_scaling) if enabled else 1.0
         self.incr_ratio, self.decr_ratio = float(incr_ratio), float(decr_ratio)

@@ -19,6 +19,7 @@ def check_all(cfg):
     check_model(cfg)
     check_head(cfg["Model"], cfg["Loss"]["Train"])
     check_optimizer(cfg)
+    check_fp16(cfg)
     check_train_batch(cfg)
     check_eval(cfg)
 
@@ -104,6 +105,26 @@ def check_optimizer(cfg):
     if name not in registry.SPARSE_OPTIMIZERS:
         raise ConfigError(f"Optimizer.name={name}: there is no sparse version of it for the PartialFC weight "
                           f"(sparse optimizers: {', '.join(registry.SPARSE_OPTIMIZERS.names())})")
+
+
+def check_fp16(cfg):
+    f = cfg["FP16"]
+    check_op_lists(f["fp16_custom_white_list"], f["fp16_custom_black_list"])
+    check_loss_scaling(f["GradScaler"]["init_loss_scaling"], f["GradScaler"]["max_loss_scaling"])
+
+
+def check_op_lists(white, black):
+    """No op is both kept in fp32 and run in low precision (also checked by plsc.amp.AmpPolicy)."""
+    both = {op for op in white or () if isinstance(op, str)} & {op for op in black or () if isinstance(op, str)}
+    if both:
+        raise ConfigError(f"FP16: ops {sorted(both)} are in both fp16_custom_white_list and fp16_custom_black_list")
+
+
+def check_loss_scaling(init_loss_scaling, max_loss_scaling):
+    """The scale starts at or below its ceiling (also checked by plsc.amp.LossScaler)."""
+    if not max_loss_scaling >= init_loss_scaling:
+        raise ConfigError(f"FP16.GradScaler.max_loss_scaling ({max_loss_scaling}) must be >= init_loss_scaling "
+                          f"({init_loss_scaling})")
 
 
 def check_train_batch(cfg):
