@@ -2,7 +2,7 @@
 
 `rank()` / `world_size()` read the launcher's environment (`python -m paddle.distributed.launch`
 sets PADDLE_TRAINERS_NUM / PADDLE_TRAINER_ID) and initialize the process group on first use, so
-anything built before the Engine (a head, a sampler, an evaluator) sees the real world size.
+anything built before the Trainer (a head, a sampler, an evaluator) sees the real world size.
 
 `dist.all_gather` carries no gradient in dygraph, so the classifier gathers features through
 `GatherWithGrad`: forward concatenates every rank's rows (ranks may hold different row counts:

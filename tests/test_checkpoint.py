@@ -122,9 +122,9 @@ def test_fine_tune_loads_fc_only_when_class_num_matches(trained, tmp_path):
 
 def test_fine_tune_in_process_copies_weights(trained, tmp_path):
     from plsc.config import load_config
-    from plsc.engine.engine import Engine
+    from plsc.engine.engine import Trainer
 
-    e = Engine(load_config(SMOKE, [f"Global.output_dir={tmp_path}", f"Global.pretrained_model={trained}"]))
+    e = Trainer(load_config(SMOKE, [f"Global.output_dir={tmp_path}", f"Global.pretrained_model={trained}"]))
     saved = np.load(trained / "fc_rank0.npz")
     assert np.array_equal(e.head.weight.numpy(), saved["weight"])
     assert not e.fc_opt.slots["momentum"].numpy().any(), "fine-tuning starts with a fresh momentum"

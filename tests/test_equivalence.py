@@ -1,4 +1,4 @@
-"""Whole Engine runs that must compute the same thing, checked after 10 updated steps at 1e-5:
+"""Whole Trainer runs that must compute the same thing, checked after 10 updated steps at 1e-5:
 
 - 2 ranks x b images == 1 rank x 2b (paddle.DataParallel backbone, sharded or replicated FC,
   synchronized BatchNorm, clipping, Momentum / AdamW, micro-batches);
@@ -40,12 +40,12 @@ sys.path.insert(0, {here!r})
 import numpy as np
 import smooth_net  # noqa: F401  (registers SmoothNet)
 from plsc.config import load_config
-from plsc.engine.engine import Engine
+from plsc.engine.engine import Trainer
 from plsc.tools.step_cost import StepCost
 
 
 def run(out, overrides):
-    e = Engine(load_config({smoke!r}, [f"Global.output_dir={{out}}", *overrides]))
+    e = Trainer(load_config({smoke!r}, [f"Global.output_dir={{out}}", *overrides]))
     losses, syncs = [], []
     step, after = e.train_step, e._after_step
 

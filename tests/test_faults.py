@@ -16,9 +16,9 @@ from test_train import SMOKE, losses, plsc
 
 
 def _engine(tmp_path, *overrides):
-    from plsc.engine.engine import Engine
+    from plsc.engine.engine import Trainer
 
-    return Engine(load_config(SMOKE, [f"Global.output_dir={tmp_path}", *overrides]))
+    return Trainer(load_config(SMOKE, [f"Global.output_dir={tmp_path}", *overrides]))
 
 
 def _flat(layer):
@@ -91,10 +91,10 @@ def test_stalled_rank_ends_the_job_naming_it(tmp_path):
         "import time\n"
         "from plsc.env import setup_threads; setup_threads()\n"
         "from plsc.config import load_config\n"
-        "from plsc.engine.engine import Engine\n"
+        "from plsc.engine.engine import Trainer\n"
         f"cfg = load_config({SMOKE!r}, ['Global.output_dir={tmp_path / 'o'}', 'Global.max_train_step=6',\n"
         "                               'DistributedStrategy.collective_timeout=5'])\n"
-        "e = Engine(cfg)\n"
+        "e = Trainer(cfg)\n"
         "after = e._after_step\n"
         "def stuck(loss, timer):\n"
         "    after(loss, timer)\n"

@@ -1,5 +1,5 @@
 """Fine-tuning a released model (Global.finetune + the FineTune section) and distillation (Distill), through
-plsc-train and the Engine."""
+plsc-train and the Trainer."""
 import re
 
 import numpy as np
@@ -62,9 +62,9 @@ def test_head_warmup_keeps_the_whole_backbone_then_releases_it(tmp_path, pretrai
 
 def _engine(tmp_path, pretrained, *overrides):
     from plsc.config import load_config
-    from plsc.engine.engine import Engine
+    from plsc.engine.engine import Trainer
 
-    return Engine(load_config(SMOKE, [f"Global.output_dir={tmp_path}", f"Global.pretrained_model={pretrained}",
+    return Trainer(load_config(SMOKE, [f"Global.output_dir={tmp_path}", f"Global.pretrained_model={pretrained}",
                                       "Model.class_num=12", OWN_DATA, *overrides]))
 
 
@@ -90,16 +90,16 @@ TWO_RANKS = """
 import sys, numpy as np
 from plsc.env import setup_threads; setup_threads()
 from plsc.config import load_config
-from plsc.engine.engine import Engine
+from plsc.engine.engine import Trainer
 import paddle, paddle.distributed as dist
 out, pretrained = sys.argv[1], sys.argv[2]
 cfg = load_config({smoke!r}, [f"Global.output_dir={{out}}/ft", f"Global.pretrained_model={{pretrained}}",
                               "Model.class_num=12", {own!r}, "Global.finetune=true"])
-e = Engine(cfg)
+e = Trainer(cfg)
 np.save(f"{{out}}/rows_{{dist.get_rank()}}.npy", e.head.weight.numpy())
 cfg = load_config({smoke!r}, [f"Global.output_dir={{out}}/kd", f"Distill.teacher={{pretrained}}",
                               "Model.num_features=16", "Global.max_train_step=3"])
-e = Engine(cfg); e.train()
+e = Trainer(cfg); e.train()
 flat = paddle.concat([p.reshape([-1]) for p in [*e.backbone.parameters(), e.distiller.proj.weight]])
 g = []; dist.all_gather(g, flat)
 assert np.array_equal(g[0].numpy(), g[1].numpy()), 'ranks diverged'
@@ -173,10 +173,10 @@ DISTILL_LINE = r"distillation \(cosine x 1\) ([0-9.]+) at step (\d+)"
 
 def test_distillation_loss_falls_the_teacher_stays_and_the_projection_is_not_exported(tmp_path, pretrained):
     from plsc.config import load_config
-    from plsc.engine.engine import Engine
+    from plsc.engine.engine import Trainer
     from plsc.engine.state_io import layer_arrays
 
-    e = Engine(load_config(SMOKE, [f"Global.output_dir={tmp_path}", f"Distill.teacher={pretrained}",
+    e = Trainer(load_config(SMOKE, [f"Global.output_dir={tmp_path}", f"Distill.teacher={pretrained}",
                                    "Model.num_features=16", "Global.max_train_step=12"]))
     assert e.distiller.proj is not None and e.distiller.proj.weight.shape == [16, 32]
     teacher_before = layer_arrays(e.distiller.teacher)

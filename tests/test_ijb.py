@@ -421,13 +421,13 @@ def test_cli_two_ranks(ijb_root, tmp_path):
 
 def test_cli_with_a_training_checkpoint(ijb_root, tmp_path):
     from plsc.config import load_config
-    from plsc.engine.engine import Engine
+    from plsc.engine.engine import Trainer
     from plsc.cli.ijb import ijb_main as main
 
     root, _ = ijb_root
     cfg_path = os.path.join(ROOT, "configs", "smoke", "IResNet_tiny_random.yaml")
     over = [f"Global.output_dir={tmp_path / 'run'}"]
-    trainer = Engine(load_config(cfg_path, over), mode="train")
+    trainer = Trainer(load_config(cfg_path, over))
     trainer.save("ckpt")
     ckpt = os.path.join(trainer.run_dir, "ckpt")
     main(["-c", cfg_path, "-o", over[0], "-o", f"Global.pretrained_model={ckpt}", "--root", root,

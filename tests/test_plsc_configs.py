@@ -45,10 +45,10 @@ TRAINED = sorted(n for n in PUBLISHED if n.startswith("v2.4/")) + ["old/IResNet5
 
 @pytest.mark.parametrize("name", TRAINED, ids=lambda n: n.split("/")[1][:40])
 def test_published_configs_train_two_steps(tmp_path, name):
-    from plsc.engine.engine import Engine
+    from plsc.engine.engine import Trainer
 
     cfg = load_config(_write(tmp_path, name), [f"Global.output_dir={tmp_path}", *SYNTHETIC])
-    e = Engine(cfg)
+    e = Trainer(cfg)
     train_two_steps(e)
     text = PUBLISHED[name]
     assert e.fc_opt.every_row == ("sparse_update: False" in text)
@@ -58,9 +58,12 @@ def test_published_configs_train_two_steps(tmp_path, name):
 
 # ---------------------------------------------------------------- PLSC's meaning, key by key
 def _engine(tmp_path, *overrides, mode="train"):
-    from plsc.engine.engine import Engine
+    """The Trainer of the smoke config with `overrides`; mode "eval": the model plsc-eval builds instead."""
+    from plsc.engine.engine import Trainer
+    from plsc.engine.inference_model import load_model
 
-    return Engine(load_config(SMOKE, [f"Global.output_dir={tmp_path}", *overrides]), mode=mode)
+    cfg = load_config(SMOKE, [f"Global.output_dir={tmp_path}", *overrides])
+    return Trainer(cfg) if mode == "train" else load_model(cfg, mode)
 
 
 def test_fp16_section_and_grad_scaler_defaults(tmp_path):

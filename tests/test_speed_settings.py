@@ -101,7 +101,7 @@ def test_cpu_settings_apply_to_cpu_runs_only(monkeypatch):
     assert "MKL_DEBUG_CPU_TYPE" not in os.environ, "the AVX2 switch is for AMD CPUs only"
     monkeypatch.setattr(env, "cuda_paddle_installed", lambda: False)
     assert env.is_cpu_run("gpu"), "Global.device gpu without a CUDA Paddle build runs on the CPU"
-    # the allocator is tuned by the Engine when the device is the CPU, never on a GPU run
+    # the allocator is tuned at the start of a run (plsc.engine.start) when the device is the CPU, never on a GPU run
     from plsc.engine import builders
 
     calls = []

@@ -1,6 +1,6 @@
 """The training step is ready for GPUs: at most 3 device-to-host reads per step, whatever the model.
 
-Counted in real Engine steps (plsc.tools.step_cost.StepCost wraps Tensor.item / numpy / __bool__ /
+Counted in real Trainer steps (plsc.tools.step_cost.StepCost wraps Tensor.item / numpy / __bool__ /
 ...); a logging step reads the loss once more than a silent one. The 2-rank count is in
 tests/test_train.py (test_ranks_hold_identical_params_after_steps), inside its launch.
 """
@@ -16,9 +16,9 @@ SMALL = ["DataLoader.Train.dataset={name: FaceRandomDataset, num_classes: 16, nu
 
 
 def _count(tmp_path, overrides, steps=3):
-    from plsc.engine.engine import Engine
+    from plsc.engine.engine import Trainer
 
-    e = Engine(load_config(SMOKE, [f"Global.output_dir={tmp_path}", f"Global.max_train_step={steps}",
+    e = Trainer(load_config(SMOKE, [f"Global.output_dir={tmp_path}", f"Global.max_train_step={steps}",
                                    "Global.print_batch_step=3", "Global.save_interval=1000",
                                    "Global.save_unit=step", "Global.eval_during_train=false",
                                    "Global.use_visualdl=false", *SMALL, *overrides]))

@@ -37,7 +37,7 @@ def test_zoo_has_the_seed_rows():
 
 @pytest.mark.parametrize("path", ZOO, ids=lambda p: os.path.basename(p)[:48])
 def test_zoo_config_trains_two_steps(path, tmp_path):
-    from plsc.engine.engine import Engine
+    from plsc.engine.engine import Trainer
 
     overrides = [f"Global.output_dir={tmp_path}", "Global.max_train_step=2", "Global.eval_during_train=false",
                  "Global.use_visualdl=false", "Global.print_batch_step=1", "Model.class_num=50",
@@ -47,7 +47,7 @@ def test_zoo_config_trains_two_steps(path, tmp_path):
     model, loss = _expected(path)
     assert cfg["Model"]["name"] == model
     assert list(cfg["Loss"]["Train"][0]) == [loss]
-    engine = Engine(cfg)
+    engine = Trainer(cfg)
     assert not cfg["Model"]["arch_kwargs"], "zoo configs use the real architecture"
     assert engine.backbone.model_name == model
     assert type(engine.head.margin).__name__ == loss
@@ -58,7 +58,7 @@ def test_zoo_config_trains_two_steps(path, tmp_path):
 
 
 def train_two_steps(engine):
-    """Two optimizer steps through Engine.train_step (without the final checkpoint of Engine.train, which
+    """Two optimizer steps through Trainer.train_step (without the final checkpoint of Trainer.train, which
     costs more than the steps at these sizes): finite losses, the backbone and the classifier moved."""
     batches = iter(engine.loader)
     w0 = [p.numpy().copy() for p in engine.backbone.parameters() if not p.stop_gradient][:3]

@@ -3,7 +3,7 @@
     python tools/bench_step.py                      # IResNet50, 1M classes, ratio 0.1, 2 ranks, batch 8/rank
     python tools/bench_step.py --classes 100000 --world 1 --batch 4
 
-Runs real Engine steps (synthetic data) under paddle.distributed.launch and prints two tables:
+Runs real Trainer steps (synthetic data) under paddle.distributed.launch and prints two tables:
 1. measured here, per step and rank: device->host reads (plsc.tools.step_cost.StepCost), every
    collective issued from Python with its bytes, the paddle.DataParallel gradient all-reduces
    (one per bucket; they run in Paddle's C++ reducer, so their sizes are computed from the
@@ -33,7 +33,7 @@ def one(args):
     import paddle
 
     from plsc.config import load_config
-    from plsc.engine.engine import Engine
+    from plsc.engine.engine import Trainer
     from plsc.tools.step_cost import StepCost, dp_buckets
 
     world = int(os.environ.get("PADDLE_TRAINERS_NUM", "1"))
@@ -47,7 +47,7 @@ def one(args):
                  f"num_samples: {samples}}}", f"DataLoader.Train.sampler.batch_size={args.batch}",
                  "DataLoader.Train.loader.num_workers=0",
                  "Optimizer.grad_clip={name: ClipGradByGlobalNorm, clip_norm: 5.0, no_clip_list: [dist]}"]
-    e = Engine(load_config(os.path.join(ROOT, "configs", "smoke", "IResNet_tiny_random.yaml"), overrides))
+    e = Trainer(load_config(os.path.join(ROOT, "configs", "smoke", "IResNet_tiny_random.yaml"), overrides))
     rss_built = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
     steps, step, after = [], e.train_step, e._after_step
 

@@ -4,7 +4,7 @@
     python tools/bench_train.py --model IResNet50 --batch 32 --rounds 3 --steps 3
     python tools/bench_train.py --model IResNet50 --profile       # + the per-op profile of one step
 
-Each row runs the Engine (FaceRandomDataset, FP16 O0, Momentum, PartialFC 1.0 over --classes
+Each row runs the Trainer (FaceRandomDataset, FP16 O0, Momentum, PartialFC 1.0 over --classes
 classes, fp32) in a fresh process: one warm-up step, then --steps timed steps; the step time is
 their median. Rows are run --rounds times, interleaved (row 1, row 2, ..., row 1, row 2, ...) so a
 busy machine slows every row alike; the table gives the median and the range over the rounds, and
@@ -29,7 +29,7 @@ def one(args):
     import paddle
 
     from plsc.config import load_config
-    from plsc.engine.engine import Engine
+    from plsc.engine.engine import Trainer
 
     b, steps = args.batch, args.steps
     overrides = [f"Model.name={args.model}", f"Model.class_num={args.classes}", "Model.num_features=512", "FP16.level=O0",
@@ -39,7 +39,7 @@ def one(args):
                  f"DataLoader.Train.dataset={{name: FaceRandomDataset, num_classes: {args.classes}, "
                  f"num_samples: {b * (steps + 1)}}}", f"DataLoader.Train.sampler.batch_size={b}",
                  "DataLoader.Train.loader.num_workers=0", f"Model.arch_kwargs={args.arch_kwargs or '{}'}"]
-    e = Engine(load_config(os.path.join(ROOT, "configs", "smoke", "IResNet_tiny_random.yaml"), overrides))
+    e = Trainer(load_config(os.path.join(ROOT, "configs", "smoke", "IResNet_tiny_random.yaml"), overrides))
     times, step = [], e.train_step
 
     def timed(batch):

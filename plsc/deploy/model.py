@@ -17,6 +17,8 @@ import os
 import numpy as np
 
 from plsc.errors import CheckpointError, ConfigError
+from plsc.inference import _read_meta, load_embedder
+from plsc.io.exported import MODEL_JSON, exported_format, model_folder
 
 CALIBRATION_FILE = "calibration.json"
 PROBE_SEED, PROBE_MATCH = 20261207, 0.99
@@ -24,21 +26,17 @@ PROBE_SEED, PROBE_MATCH = 20261207, 0.99
 
 class RecognitionModel:
     def __init__(self, path, config=None, overrides=(), use_gpu=None, max_batch=256):
-        from plsc.inference import MODEL_JSON, _read_meta, load_embedder
-
         path = str(path)
         self.path = path
         if not os.path.exists(path):
             raise CheckpointError(f"model not found: {path} (expected an exported Paddle inference directory, a "
                                   f"model.onnx, or a checkpoint directory with -c CONFIG)")
-        exported = path.endswith(".onnx") or path.endswith(MODEL_JSON) or \
-            os.path.isfile(os.path.join(path, MODEL_JSON))
-        if exported:
+        kind = exported_format(path)
+        if kind is not None:
             self._embed = load_embedder(path, max_batch=max_batch, use_gpu=use_gpu)
-            self.directory = os.path.dirname(path) if os.path.isfile(path) else path
-            self.directory = self.directory or "."
+            self.directory = model_folder(path)
             self.meta = _read_meta(self.directory)
-            self.kind = "onnx" if path.endswith(".onnx") else "paddle"
+            self.kind = kind
         elif os.path.isdir(path):
             if not config:
                 raise ConfigError(f"{path}: a directory without {MODEL_JSON}, so a checkpoint: pass the config it was "
@@ -114,12 +112,13 @@ def read_calibration(path):
 
 def _checkpoint_embedder(path, config, overrides):
     """A plsc checkpoint directory + its config -> (embed fn on NCHW float32, meta-like dict)."""
+    # optional: only a checkpoint needs the model built from a config (Paddle); an exported model runs without
     from plsc.config import load_config
-    from plsc.engine.engine import Engine
+    from plsc.engine.inference_model import load_model
 
     cfg = load_config(config, list(overrides) + [f"Global.pretrained_model={path}"])
-    engine = Engine(cfg, mode="eval")
+    model = load_model(cfg, "eval")
     shape = cfg["Export"]["input_shape"]
     meta = {"model_name": cfg["Model"]["name"], "embedding_size": cfg["Model"]["num_features"],
             "input_shape": [None, *shape[-3:]], "mean": [0.5] * 3, "std": [0.5] * 3, "channel_order": "RGB"}
-    return engine.embed, meta
+    return model.embed, meta

@@ -1,4 +1,5 @@
-"""Data parallelism for the backbone through paddle.DataParallel; BatchNorm statistics across ranks.
+"""Data parallelism for the backbone through paddle.DataParallel; BatchNorm statistics across ranks (averaged
+running statistics; DistributedStrategy.sync_bn).
 
 `paddle.DataParallel` broadcasts rank 0's parameters and buffers at construction and, during
 backward, all-reduces (and averages) the gradients in fused buckets as they become ready, so the
@@ -15,6 +16,7 @@ import paddle.distributed as dist
 
 from plsc.distributed import world_size
 from plsc.errors import ConfigError
+from plsc.nn.sync_bn import convert_sync_bn
 
 
 def data_parallel(backbone, enabled, world):
@@ -55,3 +57,13 @@ def average_running_stats(layer):
             size = t.size
             paddle.assign(flat[offset: offset + size].reshape(t.shape).astype(t.dtype), output=t)
             offset += size
+
+
+def sync_batch_norms(model, device, log):
+    """DistributedStrategy.sync_bn: Paddle's SyncBatchNorm on GPUs, plsc's collective version elsewhere."""
+    if device == "gpu":
+        model = paddle.nn.SyncBatchNorm.convert_sync_batchnorm(model)
+        log.info("sync_bn: BatchNorm layers converted to paddle.nn.SyncBatchNorm")
+        return model
+    log.info(f"sync_bn: {convert_sync_bn(model)} BatchNorm layers normalize with global-batch statistics")
+    return model

@@ -22,7 +22,7 @@ class BackboneEMA:
         if not 0.0 <= decay < 1.0:
             raise ConfigError(f"EMA.decay must be in [0, 1), got {decay}")
         self.decay, self.thres_steps = float(decay), bool(thres_steps)
-        self.params = [(n, p) for n, p in backbone.named_parameters() if not p.stop_gradient]
+        self.params = averaged_params(backbone)
         self.updates = 0
         self.reset()
 
@@ -64,15 +64,35 @@ class BackboneEMA:
         return {n: t.numpy() for n, t in self.shadow.items()}
 
     def load_arrays(self, arrays, updates, source):
-        missing = [n for n, _ in self.params if n not in arrays]
-        if missing:
-            raise ConfigError(f"{source}: ema.npz has no shadow for {missing[:4]} (saved from another model?)")
-        for n, p in self.params:
-            if tuple(arrays[n].shape) != tuple(p.shape):
-                raise ConfigError(f"{source}: EMA shadow '{n}' has shape {list(arrays[n].shape)}, the model "
-                                  f"{list(p.shape)}")
+        _check_shadows(self.params, arrays, source)
+        for n, _ in self.params:
             self.shadow[n] = paddle.to_tensor(np.asarray(arrays[n], np.float32))
         self.updates = int(updates)
+
+
+def averaged_params(backbone):
+    """[(name, parameter)] the average covers: the backbone's trained parameters."""
+    return [(n, p) for n, p in backbone.named_parameters() if not p.stop_gradient]
+
+
+def _check_shadows(params, arrays, source):
+    missing = [n for n, _ in params if n not in arrays]
+    if missing:
+        raise ConfigError(f"{source}: ema.npz has no shadow for {missing[:4]} (saved from another model?)")
+    for n, p in params:
+        if tuple(arrays[n].shape) != tuple(p.shape):
+            raise ConfigError(f"{source}: EMA shadow '{n}' has shape {list(arrays[n].shape)}, the model "
+                              f"{list(p.shape)}")
+
+
+@paddle.no_grad()
+def load_ema_weights(backbone, arrays, source):
+    """A checkpoint's EMA shadows (ema.npz) as the backbone's weights: what plsc-eval / plsc-export use when the
+    config has an EMA section (no average is kept)."""
+    params = averaged_params(backbone)
+    _check_shadows(params, arrays, source)
+    for n, p in params:
+        paddle.assign(paddle.to_tensor(np.asarray(arrays[n], np.float32)).astype(p.dtype), output=p)
 
 
 def build_ema(cfg, backbone):

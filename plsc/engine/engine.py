@@ -1,7 +1,10 @@
-"""The Engine: everything a run needs, built from the config; the train loop; evaluation hooks.
+"""The Trainer: everything a training run needs, built from the config; the train loop; evaluation hooks.
 
-    engine = Engine(cfg, mode="train")   # or "eval" / "export"
-    engine.train()
+    trainer = Trainer(cfg)
+    trainer.train()
+
+It only trains: plsc-eval, plsc-export, plsc-ijb and plsc-embed build their model with
+plsc.engine.inference_model.load_model (no optimizer, classifier, EMA average, watchdog or run state).
 
 One training step (`train_step`) reads top-down: the loader batch split into Global.accum_steps
 micro-batches, the FC rows of the step chosen once (`head.plan`), per micro-batch forward under
@@ -11,27 +14,27 @@ clip: the step's one host read), dense + sparse optimizer steps, scaler update. 
 the device; it is read only on logging steps. Checkpoints and evaluation hang off the loop.
 """
 import os
-import time
 
-import numpy as np
 import paddle
 
-from plsc.amp import AmpPolicy, LossScaler
-from plsc.config import dump_config
+from plsc.amp import LossScaler
 from plsc.io import checkpoint as ckpt
-from plsc.engine.builders import apply_flags, build_train_loader, device_of
+from plsc.engine.builders import build_train_loader
 from plsc.models.build import build_backbone
-from plsc.engine.dp import average_running_stats, data_parallel, no_sync
+from plsc.engine.dp import average_running_stats, data_parallel, no_sync, sync_batch_norms
 from plsc.engine.ema import build_ema
 from plsc.engine.evaluation import Evaluator
 from plsc.engine.distill import Distiller
 from plsc.engine.finetune import FineTune, imprint_classifier
-from plsc.engine.logger import ScalarWriter, setup_logger
-from plsc.engine.preflight import check_start, remove_replaced_run
+from plsc.engine.inference_model import embed, load_model
+from plsc.engine.logger import ScalarWriter, StepTimer, format_eta
+from plsc.engine.preflight import remove_replaced_run
+from plsc.engine.start import amp_policy, start_run
 from plsc.engine.watchdog import Watchdog
-from plsc.engine.resume import load_pretrained, restore_training, save_training
-from plsc.distributed import barrier, init as init_distributed, shard_range
-from plsc.errors import ConfigError, PlscError
+from plsc.engine.resume import TrainParts, load_pretrained, restore_training, save_training
+from plsc.distributed import shard_range
+from plsc.errors import PlscError
+from plsc.metrics.evaluator import format_table
 from plsc.nn import build_head
 from plsc.nn.storage import FCStorageOverflow
 from plsc.optim.grad_step import GradCheck
@@ -39,42 +42,35 @@ from plsc.optim.lr import build_lr_schedule
 from plsc.optim.optimizers import build_optimizer, build_sparse_optimizer
 
 
-class Engine:
-    def __init__(self, cfg, mode="train"):
-        self.cfg, self.mode = cfg, mode
-        self.finetune = self.distiller = None
+class Trainer:
+    def __init__(self, cfg):
+        self.cfg = cfg
         g = cfg["Global"]
-        check_start(cfg, mode)  # inputs and outputs, before anything is written or any rank trains
-        self.rank, self.world_size = init_distributed()
-        self.run_dir = _prepare_run_dir(g["output_dir"], cfg["Model"]["name"], self.rank)
-        self.log = setup_logger(self.run_dir, self.rank, f"{mode}.log")
-        self.device = device_of(cfg, self.log)
+        run = start_run(cfg, "train")  # checks every input and output first, before any rank trains
+        self.rank, self.world_size, self.run_dir, self.log, self.device = \
+            run.rank, run.world_size, run.run_dir, run.log, run.device
         self.watchdog = Watchdog(self.run_dir, self.rank, self.world_size,
                                  cfg["DistributedStrategy"]["collective_timeout"])
-        self._log_config()
-        self._note(*getattr(cfg, "notes", ()))
-        apply_flags(g["flags"], self.device, self._note)
-        paddle.seed(g["seed"])
-        np.random.seed(g["seed"])
         self.backbone = build_backbone(cfg)
         if cfg["DistributedStrategy"]["sync_bn"]:
             self.backbone = sync_batch_norms(self.backbone, self.device, self.log)
-        self.amp = AmpPolicy.from_config(cfg["FP16"], self.device)
-        if self.amp.level != "O0" and not self.amp.effective:
-            self.log.warning(f"FP16.level={self.amp.level}: paddle.amp has no low-precision kernels on "
-                             f"{self.device}; this run computes in fp32 (loss scaling and its checks still run)")
+        self.amp = amp_policy(cfg, self.device, self.log)
         self.evaluator = Evaluator(cfg, self.rank, self.world_size, self.log)
         self.ema = build_ema(cfg, self.backbone)
-        if mode == "train":
-            self._build_training()
-        if g["pretrained_model"] and not (mode == "train" and g["checkpoint"]):
-            load_pretrained(self, g["pretrained_model"])
-            if self.ema is not None and mode == "train":
+        self._build_training()
+        if g["checkpoint"]:
+            restore_training(self.parts(), g["checkpoint"])
+        elif g["pretrained_model"]:
+            load_pretrained(self.parts(), g["pretrained_model"])
+            if self.ema is not None:
                 self.ema.reset()  # the average starts from the fine-tuning weights
             if self.finetune is not None and cfg["FineTune"]["imprint"]:
                 imprint_classifier(self.backbone, self.head, self._imprint_batches(), self.log)
-        if mode == "train" and g["checkpoint"]:
-            restore_training(self, g["checkpoint"])
+
+    def parts(self):
+        """What a checkpoint saves and restores (plsc.engine.resume)."""
+        return TrainParts(self.cfg, self.backbone, self.head, self.opt, self.scaler, self.ema, self.distiller,
+                          self.state, self.rank, self.world_size, self.log)
 
     def _note(self, *lines):
         """Keys that are accepted but change nothing: one warning line each (rank 0)."""
@@ -155,7 +151,7 @@ class Engine:
     def _run_batches(self, batches):
         """Train on the epoch's remaining batches; True when Global.max_train_step was reached."""
         st = self.state
-        timer = _Timer()
+        timer = StepTimer()
         for _ in range(st["batch_in_epoch"], self.steps_per_epoch):
             batch = next(batches)
             timer.data_ready()
@@ -272,7 +268,7 @@ class Engine:
             self.log.info(
                 f"epoch {st['epoch']} step {st['batch_in_epoch']}/{self.steps_per_epoch} "
                 f"global_step {step} lr {self.last_lr:.6f} loss: {value:.6f} reader_cost: {rc:.5f}s "
-                f"batch_cost: {bc:.5f}s ips: {ips:.2f} images/sec eta: {_fmt_eta(bc * steps_left)}")
+                f"batch_cost: {bc:.5f}s ips: {ips:.2f} images/sec eta: {format_eta(bc * steps_left)}")
             timer.reset()
             self.writer.add("train/loss", value, step)
             self.writer.add("train/lr", self.last_lr, step)
@@ -296,13 +292,7 @@ class Engine:
     # ------------------------------------------------------------------ evaluation / saving
     def embed(self, images):
         """np.float32 [N,3,112,112] -> np.float32 [N,D] with the backbone in eval mode."""
-        was_training = self.backbone.training
-        self.backbone.eval()
-        with paddle.no_grad(), self.amp.autocast():
-            out = self.backbone(paddle.to_tensor(images)).astype("float32").numpy()
-        if was_training:
-            self.backbone.train()
-        return out
+        return embed(self.backbone, self.amp, images)
 
     def evaluate(self):
         return self.evaluator.run(self.embed)
@@ -313,8 +303,6 @@ class Engine:
             self.log.warning("FineTune.eval_at_start: no evaluation sets are configured (DataLoader.Eval), so "
                              "nothing tells whether fine-tuning helps")
             return
-        from plsc.metrics.evaluator import format_table
-
         with self.watchdog("evaluation of the pretrained model"):
             results = self.evaluate()
         self.state["pretrained_eval"] = {k: {"acc": r["acc"], "std": r["std"]} for k, r in results.items()}
@@ -356,50 +344,9 @@ class Engine:
     def save(self, name):
         with self.watchdog(f"saving checkpoint {name}"):
             average_running_stats(self.backbone)
-            save_training(self, os.path.join(self.run_dir, name))
+            save_training(self.parts(), os.path.join(self.run_dir, name))
         if name == "latest":  # a best_model saved at the last step is no `latest`: train() still writes it
             self.state["last_saved_step"] = self.state["global_step"]
-
-    def _log_config(self):
-        if self.rank != 0:
-            return
-        text = dump_config(self.cfg)
-        self.log.info("resolved config:\n" + text)
-        with open(os.path.join(self.run_dir, f"{self.mode}_config.yaml"), "w") as f:
-            f.write(text)
-
-
-def sync_batch_norms(model, device, log):
-    """DistributedStrategy.sync_bn: Paddle's SyncBatchNorm on GPUs, plsc's collective version elsewhere."""
-    if device == "gpu":
-        model = paddle.nn.SyncBatchNorm.convert_sync_batchnorm(model)
-        log.info("sync_bn: BatchNorm layers converted to paddle.nn.SyncBatchNorm")
-        return model
-    from plsc.nn.sync_bn import convert_sync_bn
-
-    log.info(f"sync_bn: {convert_sync_bn(model)} BatchNorm layers normalize with global-batch statistics")
-    return model
-
-
-class _Timer:
-    def __init__(self):
-        self.reset()
-        self._t = time.perf_counter()
-
-    def reset(self):
-        self.reader, self.batch, self.n = 0.0, 0.0, 0
-
-    def data_ready(self):
-        self.reader += time.perf_counter() - self._t
-
-    def step_done(self):
-        now = time.perf_counter()
-        self.batch += now - self._t
-        self.n += 1
-        self._t = now
-
-    def averages(self):
-        return (self.reader / max(1, self.n), self.batch / max(1, self.n))
 
 
 def split_batch(batch, parts):
@@ -435,20 +382,9 @@ def _changes(before, after):
                      for k, r in after.items() if k in before)
 
 
-def _fmt_eta(seconds):
-    seconds = int(max(0, seconds))
-    return f"{seconds // 3600}:{seconds % 3600 // 60:02d}:{seconds % 60:02d}"
-
-
-def _prepare_run_dir(output_dir, model_name, rank):
-    run_dir = os.path.join(output_dir, model_name)
-    try:
-        os.makedirs(run_dir, exist_ok=True)
-        probe = os.path.join(run_dir, f".write_probe_{rank}")
-        with open(probe, "w") as f:
-            f.write("ok")
-        os.remove(probe)
-    except OSError as e:
-        raise ConfigError(f"Global.output_dir: cannot write to {run_dir} ({e.strerror})") from None
-    barrier()
-    return run_dir
+def Engine(cfg, mode="train"):
+    """The old entry, kept importable while its last callers move (plsc/cli/train.py, plsc/tools/ijb_eval.py):
+    Trainer(cfg) for mode "train"; the model of plsc.engine.inference_model.load_model for "eval" / "export"."""
+    if mode == "train":
+        return Trainer(cfg)
+    return load_model(cfg, mode)

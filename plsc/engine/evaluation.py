@@ -1,4 +1,4 @@
-"""Evaluation inside the Engine: the configured eval sets, the metric, best-so-far tracking.
+"""Evaluation (the Trainer's hook and plsc-eval): the configured eval sets, the metric, best-so-far tracking.
 
 DataLoader.Eval.dataset is one dataset mapping or a list of them (one per eval set):
 FaceBinDataset {bin_path} for insightface .bin files, FaceVerificationDataset {image_root,

@@ -1,7 +1,9 @@
-"""Logging: rank 0 writes INFO to stdout and <run_dir>/<file>; other ranks only warnings."""
+"""Logging: rank 0 writes INFO to stdout and <run_dir>/<file>; other ranks only warnings; VisualDL scalars;
+the step timer and ETA of the Trainer's log line."""
 import logging
 import os
 import sys
+import time
 
 _FMT = "[%(asctime)s] %(levelname)s %(message)s"
 
@@ -46,3 +48,31 @@ class ScalarWriter:
     def close(self):
         if self._writer is not None:
             self._writer.close()
+
+
+class StepTimer:
+    """Average seconds waiting for data (reader_cost) and per step (batch_cost) since the last reset."""
+
+    def __init__(self):
+        self.reset()
+        self._t = time.perf_counter()
+
+    def reset(self):
+        self.reader, self.batch, self.n = 0.0, 0.0, 0
+
+    def data_ready(self):
+        self.reader += time.perf_counter() - self._t
+
+    def step_done(self):
+        now = time.perf_counter()
+        self.batch += now - self._t
+        self.n += 1
+        self._t = now
+
+    def averages(self):
+        return (self.reader / max(1, self.n), self.batch / max(1, self.n))
+
+
+def format_eta(seconds):
+    seconds = int(max(0, seconds))
+    return f"{seconds // 3600}:{seconds % 3600 // 60:02d}:{seconds % 60:02d}"

@@ -1,26 +1,34 @@
 """Start-up checks: every input a command will need, and every output it would replace, checked before
 the run directory is created and before any rank trains (a bad one costs seconds, not an epoch).
 
-    check_start(cfg, "train")    # Engine.__init__, first thing, on every rank
+    check_start(cfg, "train")    # plsc.engine.start.start_run (Trainer, plsc-eval / plsc-export): first thing, every rank
 
 - plsc-train into <output_dir>/<Model.name>/ that already holds checkpoints: refused unless resuming
   (Global.checkpoint) or Global.overwrite=true.
 - Global.checkpoint / Global.pretrained_model (a plsc checkpoint directory): present, a plsc manifest,
   and a backbone.npz whose tensor names and shapes are those of the configured backbone (read from the
   .npy headers, no weights loaded; plsc.models.check_backbone_state). The full load (manifest hashes,
-  strict load_backbone) follows in the Engine.
+  strict load_backbone) follows in plsc.engine.pretrained / resume.
 - plsc-train with evaluation: every configured eval set is opened and checked (its .bin unpickled and
   validated, or its pairs list read and every listed image a regular file; its first image decoded and
   transformed). The other images are decoded at the first evaluation.
 """
+import json
 import os
+import shutil
 import zipfile
 
 import numpy as np
+import paddle
 
 from plsc.config.rules import eval_sets
-from plsc.io import checkpoint as ckpt
+from plsc.data.regular import check_regular
 from plsc.errors import CheckpointError, ConfigError
+from plsc.interop import load_source
+from plsc.io import checkpoint as ckpt
+from plsc.metrics.evaluator import build_eval_dataset
+from plsc.models.build import build_backbone
+from plsc.models.loading import check_backbone_state
 
 CHECKPOINT_NAMES = ("latest", "best_model")
 
@@ -67,8 +75,6 @@ def remove_replaced_run(run_dir, g, log):
     """Global.overwrite=true (and not resuming): the earlier run's checkpoints go when training starts (after
     every input, a pretrained model inside that run included, is loaded), so that its epoch_N never mix with
     the new run's (pruning keeps the highest epochs)."""
-    import shutil
-
     if not g["overwrite"] or g["checkpoint"]:
         return
     found = run_checkpoints(run_dir)
@@ -78,7 +84,8 @@ def remove_replaced_run(run_dir, g, log):
         log.warning(f"Global.overwrite=True: removed the earlier run's checkpoints in {run_dir}: {', '.join(found)}")
 
 
-def _is_plsc_prefix(path):
+def is_plsc_prefix(path):
+    """A PLSC checkpoint prefix (`latest` for latest.pdparams), not a plsc checkpoint directory."""
     return not os.path.isdir(path) and (str(path).endswith(".pdparams") or os.path.isfile(f"{path}.pdparams"))
 
 
@@ -104,10 +111,6 @@ def npz_shapes(path):
 
 def configured_shapes(cfg):
     """{state_dict name: shape} of the backbone the config builds (built lazily: no weights)."""
-    import paddle
-
-    from plsc.models.build import build_backbone
-
     # a fresh name scope: the run's own layers keep the parameter names (optimizer state is keyed by them)
     with paddle.utils.unique_name.guard(), paddle.LazyGuard():
         model = build_backbone(cfg)
@@ -116,14 +119,8 @@ def configured_shapes(cfg):
 
 def check_weights(cfg, path, key):
     """A plsc checkpoint directory given as `key` holds the configured backbone (names and shapes)."""
-    from plsc.models.loading import check_backbone_state
-
     m = cfg["Model"]
-    if _is_plsc_prefix(path):  # converted here once; the Engine takes the result (take_source)
-        import paddle
-
-        from plsc.interop import load_source
-
+    if is_plsc_prefix(path):  # converted here once; plsc.engine.pretrained takes the result (take_source)
         with paddle.utils.unique_name.guard():  # the run's parameter names do not move
             src = load_source(path, model=m["name"])
         check_backbone_state(configured_shapes(cfg), {k: v.shape for k, v in src.backbone.items()},
@@ -147,13 +144,9 @@ def take_source(path, model):
 
 def open_eval_sets(cfg):
     """Open every configured eval set as evaluation will (a refusal names the set and file)."""
-    from plsc.metrics.evaluator import build_eval_dataset
-
     for name, spec in eval_sets(cfg).items():
         ds = build_eval_dataset(name, spec)
         if ds.__class__.__name__ == "FaceVerificationDataset":
-            from plsc.data.regular import check_regular
-
             for path in list(ds.images) + list(ds.mirrors or []):
                 check_regular(path, f"eval set '{name}': image")
         if len(ds):
@@ -162,8 +155,6 @@ def open_eval_sets(cfg):
 
 
 def _is_ours_json(path, key, value):
-    import json
-
     try:
         with open(path) as f:
             obj = json.load(f)
