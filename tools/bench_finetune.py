@@ -1,7 +1,7 @@
 """Does plsc's fine-tuning recipe beat naive fine-tuning on a domain shift, and does distillation help a
 small student? Prints two tables (docs/finetune.md has the figures and this command).
 
-    python tools/bench_finetune.py --out /tmp/bench_ft --seeds 0 1 2
+    python tools/bench_finetune.py --out /tmp/bench_ft --seeds 0 1 2 [--shift mild]
 
 Data (no download; plsc.demo.fontfaces: identity = a character rendered in matplotlib's fonts):
   source domain  the demo's renderings (light glyph on a dark background); pretraining identities
@@ -30,15 +30,16 @@ sys.path.insert(0, ROOT)
 CONFIG = os.path.join(ROOT, "configs", "demo", "IResNet_fontfaces.yaml")
 
 
-def to_target(img, rng):
-    """Source rendering -> target domain: inverted, low resolution, blurred."""
+def to_target(img, rng, shift="strong"):
+    """Source rendering -> target domain: low resolution and blurred; the strong shift also inverts (a dark glyph
+    on a light background, which the pretrained features do not carry over to)."""
     side = int(rng.integers(18, 24))
-    small = cv2.resize(255 - img, (side, side), interpolation=cv2.INTER_AREA)
+    small = cv2.resize(255 - img if shift == "strong" else img, (side, side), interpolation=cv2.INTER_AREA)
     out = cv2.resize(small, (112, 112), interpolation=cv2.INTER_LINEAR)
     return cv2.GaussianBlur(out, (0, 0), float(rng.uniform(0.8, 1.6)))
 
 
-def build_data(out, n_src, n_ft, n_eval, per_src, per_ft, pairs):
+def build_data(out, n_src, n_ft, n_eval, per_src, per_ft, pairs, shift="strong"):
     from plsc.data.bin import save_bin
     from plsc.demo.fontfaces import choose_characters, encode, font_files, render
     from plsc.demo.run import write_rec
@@ -57,7 +58,7 @@ def build_data(out, n_src, n_ft, n_eval, per_src, per_ft, pairs):
             rng = np.random.default_rng([stream, int(i)])
             for k in range(per):
                 img = render(ch, faces[k % len(faces)], rng)
-                out.append((label, encode(to_target(img, rng) if domain == "target" else img)))
+                out.append((label, encode(to_target(img, rng, shift) if domain == "target" else img)))
         return out
 
     def pair_bin(ids, domain, stream, path):
@@ -70,7 +71,7 @@ def build_data(out, n_src, n_ft, n_eval, per_src, per_ft, pairs):
             for j in (a, b):
                 ch, faces = chars[ids[j]]
                 img = render(ch, faces[int(rng.integers(len(faces)))], rng)
-                imgs.append(encode(to_target(img, rng) if domain == "target" else img))
+                imgs.append(encode(to_target(img, rng, shift) if domain == "target" else img))
             same.append(s)
         save_bin(path, imgs, same)
 
@@ -134,17 +135,22 @@ def main():
     p.add_argument("--skip-distill", action="store_true")
     p.add_argument("--skip-finetune", action="store_true")
     p.add_argument("--reuse", action="store_true", help="keep the data and the pretrained model already in --out")
+    p.add_argument("--shift", choices=["strong", "mild"], default="strong",
+                   help="target domain: strong (inverted, low resolution, blurred: the pretrained features do not carry "
+                        "over) or mild (low resolution and blurred, as the source renderings otherwise)")
+    p.add_argument("--pretrained", help="a source-domain model pretrained by an earlier run (its .../IResNet18/latest); "
+                                        "the data is rebuilt with the same seeds, so it is the same model")
     a = p.parse_args()
     data = os.path.join(a.out, "data")
     t0 = time.time()
     n_src, n_ft = 60, 40
     if not (a.reuse and os.path.isdir(data)):
-        build_data(data, n_src=n_src, n_ft=n_ft, n_eval=30, per_src=24, per_ft=4, pairs=600)
-    print(f"data: {n_src} source identities x 24, {n_ft} target identities x 4, 600 target / source pairs of 30 "
-          f"unseen characters ({time.time() - t0:.0f} s)", flush=True)
+        build_data(data, n_src=n_src, n_ft=n_ft, n_eval=30, per_src=24, per_ft=4, pairs=600, shift=a.shift)
+    print(f"data ({a.shift} shift): {n_src} source identities x 24, {n_ft} target identities x 4, 600 target / source "
+          f"pairs of 30 unseen characters ({time.time() - t0:.0f} s)", flush=True)
     src = common(data, "src", n_src, "target_val.bin")
-    pre = os.path.join(a.out, "pretrain", "IResNet18", "latest")
-    if not (a.reuse and os.path.isdir(pre)):
+    pre = a.pretrained or os.path.join(a.out, "pretrain", "IResNet18", "latest")
+    if not a.pretrained and not (a.reuse and os.path.isdir(pre)):
         pre = train(os.path.join(a.out, "pretrain"), src, f"Global.epochs={a.pretrain_epochs}")
     ft = common(data, "ft", n_ft, "target_val.bin")
     base = evaluate(pre, ft, os.path.join(a.out, f"eval_pre_{time.time():.0f}"))
@@ -167,7 +173,7 @@ def main():
 
 
 def print_finetune(rows, n_ft, a):
-    print(f"\nFine-tuning on a domain shift ({n_ft} target identities x 4 images, {a.ft_steps} steps of 16, "
+    print(f"\nFine-tuning on a {a.shift} domain shift ({n_ft} target identities x 4 images, {a.ft_steps} steps of 16, "
           f"verification on 600 pairs of 30 unseen target-domain characters; seeds {a.seeds}):\n")
     print("| model | verification accuracy (mean ± std over seeds) |\n|---|---|")
     for k, v in rows.items():

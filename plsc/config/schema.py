@@ -184,8 +184,9 @@ SCHEMA = {
     "FineTune": {
         "imprint": Key(True, bool, "start the classifier from the pretrained backbone's class means of the training "
                        "set (one pass, sharded as the FC)"),
-        "backbone_lr_mult": Key(1.0, NUM, "the backbone's learning rate is the schedule's times this (the FC's is "
-                                "the schedule's); 1.0 measured best (docs/finetune.md)"),
+        "backbone_lr_mult": Key(0.1, NUM, "the backbone's learning rate is the schedule's times this (the FC's is "
+                                "the schedule's); 0.1 measured best when the pretrained features carry over "
+                                "(docs/finetune.md)"),
         "freeze_stages": Key(0, (int, str), "backbone stages kept as loaded, from the stem on (0-4), or 'all': only "
                              "the neck trains"),
         "head_warmup_steps": Key(0, int, "first steps in which only the classifier learns (backbone not stepped, "
