@@ -44,9 +44,9 @@ def load(args):
 
 
 def _train(cfg, args):
-    from plsc.engine.engine import Engine
+    from plsc.engine.engine import Trainer
 
-    Engine(cfg, mode="train").train()
+    Trainer(cfg).train()
 
 
 def _eval(cfg, args):

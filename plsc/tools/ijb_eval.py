@@ -8,17 +8,13 @@ import numpy as np
 
 from plsc.config import load_config
 from plsc.distributed import init as init_distributed
-from plsc.engine.engine import Engine
+from plsc.engine.inference_model import load_model
 from plsc.engine.preflight import check_owned_outputs
 from plsc.errors import ConfigError, PlscError
 from plsc.inference import load_embedder
+from plsc.io.exported import is_exported
 from plsc.metrics.ijb import evaluate_ijb_verification, format_ijb, identify, plot_roc, read_ijb
 from plsc.progress import Progress
-
-
-def _is_exported(path):
-    return path.endswith(".onnx") or path.endswith("inference.json") or \
-        os.path.isfile(os.path.join(path, "inference.json"))
 
 
 def resolve_embedder(model=None, config=None, overrides=()):
@@ -31,9 +27,9 @@ def resolve_embedder(model=None, config=None, overrides=()):
         path = cfg["Global"]["pretrained_model"]
         if not path:
             raise ConfigError("-c needs the checkpoint to evaluate: -o Global.pretrained_model=<checkpoint dir>")
-        if not _is_exported(path):
-            engine = Engine(cfg, mode="eval")
-            return engine.embed, cfg["Model"]["name"], engine.rank, engine.world_size
+        if not is_exported(path):
+            loaded = load_model(cfg, "eval")
+            return loaded.embed, cfg["Model"]["name"], loaded.rank, loaded.world_size
     else:
         if overrides:
             raise ConfigError("-o overrides apply to -c configs; an exported --model takes none")
