@@ -10,7 +10,7 @@
     g.save("gallery.faiss")
 
 The console scripts plsc-embed, plsc-verify, plsc-calibrate and plsc-search are thin layers over these
-(plsc.deploy.cli); docs/deploy.md describes both.
+(plsc/cli/deploy.py, plsc/cli/search.py); docs/deploy.md describes both.
 """
 from plsc.deploy.calibrate import calibrate
 from plsc.deploy.detect import FacePreparer
