@@ -241,3 +241,35 @@ def test_dense_update_of_every_row_with_16_bit_storage_follows_float32():
     assert (v["bfloat16"] != 0).all(axis=1)[~used].any()  # unsampled rows' momentum decayed (weight decay)
     a, b = heads["bfloat16"].weight_float32(), heads["float32"].weight_float32()
     assert np.abs(a - b).max() <= 8 * 2.0 ** -8 * np.abs(b).max()
+
+
+@pytest.mark.parametrize("dtype", ("float32", "bfloat16"))
+def test_shard_files_stream_in_blocks_and_map_their_rows(tmp_path, monkeypatch, dtype):
+    """A shard moves between the tensors and its file a block of rows at a time (at 10M classes a second
+    full-size copy of the rows does not fit): save reads the tensors block by block, `read` maps the row
+    arrays of the file, load fills the tensors block by block; np.load still reads the file."""
+    monkeypatch.setattr(fc_shards, "BLOCK_ROWS", 64)
+    monkeypatch.setattr(fc_shards, "_MAP_BYTES", 1024)
+    head = _head(dtype, classes=300, ratio=0.1, dim=8)
+    _train(head, steps=2)
+    shard = head.shard_state()
+    asked = []
+    read = shard["weight"]._read
+    shard["weight"]._read = lambda a, b: asked.append(b - a) or read(a, b)
+    fc_shards.write(tmp_path / "s.npz", shard)
+    assert asked and max(asked) == 64 and sum(asked) == 300  # never more than one block of rows at a time
+    got = fc_shards.read(tmp_path / "s.npz")
+    assert isinstance(got["weight"], np.memmap) and isinstance(got["momentum"], np.memmap)
+    with np.load(tmp_path / "s.npz") as z:
+        assert np.array_equal(z["weight"], np.asarray(shard["weight"])) and int(z["optimizer_steps"]) == 2
+    twin = _head(dtype, classes=300, ratio=0.1, dim=8, seed=1)
+    twin.load_shards([got])
+    assert np.array_equal(twin.weight_float32(), head.weight_float32())
+    assert np.array_equal(twin.optimizer.slots["momentum"].astype("float32").numpy(),
+                          head.optimizer.slots["momentum"].astype("float32").numpy())
+    assert twin.optimizer.num_steps == 2 and twin.draws == head.draws
+    del got  # (a mapped file is not cut under its map)
+    with open(tmp_path / "s.npz", "r+b") as f:  # a file cut inside its rows is named, not mapped past its end
+        f.truncate(os.path.getsize(tmp_path / "s.npz") // 2)
+    with pytest.raises(CheckpointError, match="truncated or corrupt"):
+        fc_shards.read(tmp_path / "s.npz")

@@ -16,8 +16,14 @@ FORMAT_VERSION refuses a newer file with the reason (a plsc before 16-bit storag
 Any set of shards covering the classes loads at any world size and any storage dtype: each rank takes
 the rows overlapping its range (`overlap`), converted by `rows_as` (exact to float32; float32 to 16 bits
 rounded to nearest: a one-time conversion, not a training update).
+
+The file is an ordinary uncompressed .npz (np.load reads it). At millions of classes a shard's rows are
+GBs, so neither side holds a second copy of them: `write` takes the per-row arrays as `Rows` (read a
+block of rows at a time from the live tensors) and streams them into the zip member; `read` maps the
+row arrays of the file (np.memmap over the stored member: rows are read when used).
 """
 import os
+import zipfile
 
 import numpy as np
 
@@ -34,38 +40,114 @@ def shard_file(ckpt_dir, rank):
 
 def build(weight, start, end, classes, storage_dtype="float32", replicated=False, slots=None, steps=None,
           extra=None):
-    """The arrays of one shard file. weight / slots: numpy arrays in storage form (`to_storage_array`)."""
+    """The arrays of one shard file. weight / slots: numpy arrays (or `Rows`) in storage form (`to_file_array`)."""
     if storage_dtype not in STORAGE_DTYPES:
         raise CheckpointError(f"FC storage dtype {storage_dtype!r} is not one of {', '.join(STORAGE_DTYPES)}")
+    rows = lambda a: a if isinstance(a, Rows) else np.ascontiguousarray(a)  # noqa: E731
     out = {"format_version": np.array(_VERSION_OF[storage_dtype], np.int64),
            "storage_dtype": np.array(storage_dtype),
            "class_range": np.array([start, end, classes], np.int64), "replicated": np.array(bool(replicated)),
-           "weight": np.ascontiguousarray(weight)}
+           "weight": rows(weight)}
     if steps is not None:
         out["optimizer_steps"] = np.array(int(steps), np.int64)
     for name, arr in (slots or {}).items():
-        out[name] = np.ascontiguousarray(arr)
+        out[name] = rows(arr)
     for k, val in (extra or {}).items():
         out[f"extra.{k}"] = np.array(val)
     return out
 
 
+BLOCK_ROWS = 1 << 15  # rows moved at a time between a tensor and a file (32 MiB of float32 rows at D = 512)
+_MAP_BYTES = 1 << 20  # members larger than this are memory-mapped by `read`
+
+
+class Rows:
+    """A [rows, D] array read a block at a time: read(a, b) -> numpy rows [a, b) (e.g. from a tensor).
+
+    Slicing reads those rows; np.asarray(rows) reads them all (tests, small shards)."""
+
+    def __init__(self, shape, dtype, read):
+        self.shape, self.dtype, self._read = tuple(shape), np.dtype(dtype), read
+        self.ndim = len(self.shape)
+
+    def __len__(self):
+        return self.shape[0]
+
+    def __getitem__(self, key):
+        if not isinstance(key, slice) or key.step not in (None, 1):
+            raise TypeError("Rows supports contiguous row slices only")
+        a, b, _ = key.indices(self.shape[0])
+        return np.ascontiguousarray(self._read(a, max(a, b)))
+
+    def __array__(self, dtype=None, copy=None):
+        out = self[:]
+        return out if dtype is None else out.astype(dtype)
+
+    def blocks(self, rows=None):
+        rows = rows or BLOCK_ROWS
+        for a in range(0, self.shape[0], rows):
+            yield self[a:min(self.shape[0], a + rows)]
+
+
 def write(path, shard):
-    with open(path, "wb") as f:
-        np.savez(f, **shard)
+    """Write a shard as an uncompressed .npz; `Rows` values are streamed block by block."""
+    with zipfile.ZipFile(path, "w", zipfile.ZIP_STORED, allowZip64=True) as zf:
+        for key, value in shard.items():
+            with zf.open(key + ".npy", "w", force_zip64=True) as f:
+                if isinstance(value, Rows):
+                    np.lib.format.write_array_header_2_0(f, {"shape": value.shape, "fortran_order": False,
+                                                             "descr": np.lib.format.dtype_to_descr(value.dtype)})
+                    for block in value.blocks():
+                        f.write(np.ascontiguousarray(block, value.dtype).data)
+                else:
+                    np.lib.format.write_array(f, np.asanyarray(value), allow_pickle=False)
 
 
 def read(path):
-    """One shard file, checked: readable, a format this reader knows."""
+    """One shard file, checked: readable, a format this reader knows. Row arrays are memory-mapped."""
     try:
-        with np.load(path, allow_pickle=False) as z:
-            shard = {k: z[k] for k in z.files}
+        shard = _read_npz(path)
     except FileNotFoundError:
         raise CheckpointError(f"checkpoint file missing: {path}") from None
     except Exception as e:
         raise CheckpointError(f"checkpoint file {path} is truncated or corrupt ({type(e).__name__}: {e})") from None
     check(shard, path)
     return shard
+
+
+def _read_npz(path):
+    out = {}
+    with zipfile.ZipFile(path) as zf, open(path, "rb") as raw:
+        for info in zf.infolist():
+            key = info.filename[:-4] if info.filename.endswith(".npy") else info.filename
+            if info.compress_type == zipfile.ZIP_STORED and info.file_size > _MAP_BYTES:
+                out[key] = _map_member(path, raw, info)
+            else:
+                with zf.open(info) as f:
+                    out[key] = np.lib.format.read_array(f, allow_pickle=False)
+    return out
+
+
+def _map_member(path, raw, info):
+    """np.memmap of a stored (uncompressed) .npy member of a zip file."""
+    raw.seek(info.header_offset)
+    local = raw.read(30)
+    if local[:4] != b"PK\x03\x04":
+        raise ValueError(f"bad zip local header for {info.filename}")
+    name_len, extra_len = int.from_bytes(local[26:28], "little"), int.from_bytes(local[28:30], "little")
+    raw.seek(info.header_offset + 30 + name_len + extra_len)
+    version = np.lib.format.read_magic(raw)
+    reader = np.lib.format.read_array_header_1_0 if version == (1, 0) else np.lib.format.read_array_header_2_0
+    shape, fortran, dtype = reader(raw)
+    if fortran or dtype.hasobject:
+        raise ValueError(f"{info.filename}: not a C-ordered plain array")
+    offset = raw.tell()
+    nbytes = int(np.prod(shape, dtype=np.int64)) * dtype.itemsize
+    if offset + nbytes > os.path.getsize(path):
+        raise ValueError(f"{info.filename}: the file ends inside its data")
+    if nbytes == 0:
+        return np.empty(shape, dtype)
+    return np.memmap(path, dtype=dtype, mode="r", offset=offset, shape=shape)
 
 
 def check(shard, where, reader_version=None):

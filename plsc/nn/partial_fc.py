@@ -32,8 +32,8 @@ import numpy as np
 import paddle
 import paddle.nn.functional as F
 
-from plsc.distributed import (all_gather_sizes, all_reduce_max_, derived_seed, gather_labels, gather_rows, rank, seeded_rng,
-                              shard_range, world_size)
+from plsc.distributed import (all_gather_sizes, all_reduce_max_, barrier, derived_seed, gather_labels, gather_rows, rank,
+                              seeded_rng, shard_range, world_size)
 from plsc.errors import CheckpointError, DataError
 from plsc.io import fc_shards
 from plsc.nn.rows import top_k_sorted
@@ -42,6 +42,7 @@ from plsc.nn.storage import RowStorage, tensor_from_file
 
 INIT_STD = 0.01
 _INIT_BLOCK = 1 << 16  # classes per init block: the initial weights do not depend on the world size
+_SYNC_BLOCKS = 8      # init blocks between two barriers of the ranks (~5 s of work here)
 
 
 def init_rows(seed, start, end, dim):
@@ -102,11 +103,7 @@ class PartialFC(paddle.nn.Layer):
             [rows, num_features], dtype=storage_dtype, attr=paddle.ParamAttr(name=self.weight_name),
             default_initializer=paddle.nn.initializer.Constant(0.0))
         self.weight.is_distributed = bool(model_parallel)
-        with paddle.no_grad():
-            for a in range(0, rows, _INIT_BLOCK):  # fill in blocks: no second full-size host copy
-                b = min(rows, a + _INIT_BLOCK)
-                block = paddle.to_tensor(init_rows(seed, self.start + a, self.start + b, num_features))
-                self.weight[a:b] = block.astype(storage_dtype)  # 16-bit: rounded to nearest once
+        self._init_weight(rows)
         if sample_num is not None:
             self.num_sample = min(rows, int(sample_num))
         else:
@@ -114,6 +111,21 @@ class PartialFC(paddle.nn.Layer):
         self.optimizer = None   # the shard's sparse optimizer (set_optimizer)
         self.draws = 0          # sampling draws so far (part of the checkpoint: resumed runs sample alike)
         self.last_plan = None   # the plan of the current step (its rows hold the gradient)
+
+    @paddle.no_grad()
+    def _init_weight(self, rows):
+        """Fill the shard in blocks (no second full-size copy). Millions of rows take a minute on a CPU, so
+        the ranks meet every _SYNC_BLOCKS blocks: a rank slowed by other work never leaves the others
+        waiting in the next collective past gloo's 30 s timeout (seen at 10M classes on 2 ranks)."""
+        sync = self.model_parallel and self.world_size > 1
+        most = -(-self.num_classes // self.world_size) if sync else rows  # every rank counts the same blocks
+        for i, a in enumerate(range(0, most, _INIT_BLOCK)):
+            if a < rows:
+                b = min(rows, a + _INIT_BLOCK)
+                block = paddle.to_tensor(init_rows(self.seed, self.start + a, self.start + b, self.num_features))
+                self.weight[a:b] = block.astype(self.storage_dtype)  # 16-bit: rounded to nearest once
+            if sync and i % _SYNC_BLOCKS == _SYNC_BLOCKS - 1:
+                barrier()
 
     @property
     def num_local(self):
@@ -240,22 +252,27 @@ class PartialFC(paddle.nn.Layer):
         self.margin.load_state(state)
 
     def shard_state(self):
-        """This rank's shard file contents (rows in the storage dtype, as they are)."""
-        arrays = lambda t: fc_shards.to_file_array(t.numpy(), self.storage_dtype)  # noqa: E731
+        """This rank's shard file contents (rows in the storage dtype, as they are). The row arrays are
+        `fc_shards.Rows` read from the tensors a block at a time: saving makes no copy of the shard."""
         opt = None if self.optimizer is None else self.optimizer.state_dict()
         return fc_shards.build(
-            arrays(self.weight), self.start, self.end, self.num_classes, storage_dtype=self.storage_dtype,
+            self._file_rows(self.weight), self.start, self.end, self.num_classes, storage_dtype=self.storage_dtype,
             replicated=not self.model_parallel, steps=None if opt is None else opt["num_steps"],
-            slots=None if opt is None else {n: arrays(t) for n, t in opt["slots"].items()},
+            slots=None if opt is None else {n: self._file_rows(t) for n, t in opt["slots"].items()},
             extra=self.extra_state())
 
+    def _file_rows(self, t):
+        # clone: `.numpy()` of a slice (a view) would copy the whole underlying tensor
+        read = lambda a, b: fc_shards.to_file_array(t[a:b].clone().numpy(), self.storage_dtype)  # noqa: E731
+        return fc_shards.Rows(t.shape, fc_shards.file_dtype(self.storage_dtype), read)
+
+    @paddle.no_grad()
     def load_shards(self, shards, weights_only=False):
         """Fill this rank's rows (and the optimizer's unless weights_only) from saved shards of any
-        world size and storage dtype. weights_only (fine-tuning, eval): the optimizer and the head's
-        scalars start fresh."""
-        keys = ["weight"] + ([] if weights_only or self.optimizer is None else sorted(self.optimizer.slot_names))
-        local = {k: np.empty((self.num_local, self.num_features), fc_shards.file_dtype(self.storage_dtype))
-                 for k in keys}
+        world size and storage dtype, a block of rows at a time (no full-size host copy). weights_only
+        (fine-tuning, eval): the optimizer and the head's scalars start fresh."""
+        slots = {} if weights_only or self.optimizer is None else self.optimizer.slots
+        targets = {"weight": self.weight, **slots}
         filled = np.zeros(self.num_local, dtype=bool)
         extra, steps = None, 0
         for i, s in enumerate(shards):
@@ -265,22 +282,23 @@ class PartialFC(paddle.nn.Layer):
                                       f"features, the config has {self.num_classes} x {self.num_features}")
             lo, hi = max(start, self.start), min(end, self.end)
             if lo < hi and not filled[lo - self.start: hi - self.start].all():
-                for k in keys:
+                for k in targets:
                     if k not in s:
                         raise CheckpointError(f"FC shard {i} has no '{k}' state (saved with another optimizer?); "
                                               f"use Global.pretrained_model to start it fresh")
-                    local[k][lo - self.start: hi - self.start] = fc_shards.rows_as(
-                        s, k, lo - start, hi - start, self.storage_dtype)
+                for a in range(lo, hi, fc_shards.BLOCK_ROWS):
+                    b = min(hi, a + fc_shards.BLOCK_ROWS)
+                    for k, t in targets.items():
+                        block = fc_shards.rows_as(s, k, a - start, b - start, self.storage_dtype)
+                        t[a - self.start: b - self.start] = tensor_from_file(block, self.storage_dtype)
                 filled[lo - self.start: hi - self.start] = True
             if extra is None:
                 extra, steps = fc_shards.extra_state(s), fc_shards.optimizer_steps(s)
         if not filled.all():
             missing = np.flatnonzero(~filled)[0] + self.start
             raise CheckpointError(f"the saved FC shards do not cover class {missing} (shard files missing?)")
-        tensor = lambda a: tensor_from_file(a, self.storage_dtype)  # noqa: E731
-        paddle.assign(tensor(local["weight"]), output=self.weight)
-        if len(keys) > 1:
-            self.optimizer.set_state_dict({"slots": {k: tensor(local[k]) for k in keys[1:]}, "num_steps": steps})
+        if slots:
+            self.optimizer.num_steps = steps
             self.load_extra_state(extra or {})
 
     def weight_float32(self):
