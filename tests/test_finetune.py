@@ -249,5 +249,6 @@ def test_the_recipe_beats_naive_fine_tuning_on_a_domain_shift(tmp_path):
     for kind, extra in (("naive", []), ("recipe", ["-o", "Global.finetune=true"])):
         plsc("train", *ft, *steps, *extra, "-o", f"Global.output_dir={tmp_path / kind}")
         acc[kind] = _accuracy(tmp_path / kind / "IResNet18" / "latest", ft, tmp_path / f"e_{kind}")
-    # measured: naive 0.660, recipe 0.780 (the pretrained model 0.747); the bench's spread over seeds is < 0.013
-    assert acc["recipe"] > acc["naive"] + 0.05, acc
+    # measured (the pretrained model: 0.747): at this seed (2024) naive 0.660, recipe 0.780; with Global.seed 0 and 1
+    # for the fine-tuning runs naive 0.713 / 0.710, recipe 0.747 / 0.777: the recipe led by 0.033 to 0.120
+    assert acc["recipe"] > acc["naive"] + 0.02, acc
