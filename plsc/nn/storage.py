@@ -12,7 +12,9 @@ stored as hi with probability (x - lo) / (hi - lo), so the stored value is x on 
 smaller than half a step -- which round-to-nearest drops every time -- moves the row by the right
 amount in expectation (tests/test_storage.py). It is done on the float32 bit pattern: add a uniform
 random integer below 2^drop to the bits (drop = 16 for bfloat16, 13 for float16: the mantissa bits the
-format lacks) and clear those bits; the carry is the round-up. Below float16's normal range (|x| <
+format lacks) and clear those bits; the carry is the round-up. For bfloat16 the upper half of the sum
+is the result: it is taken as the odd int16 of each pair (a strided copy, ~8x faster on CPU than
+clearing the bits and casting). Below float16's normal range (|x| <
 6.1e-5) the final cast rounds the remaining bits to nearest (absolute error <= 3e-8).
 
 The random bits are a function of (the row's class, the column, the salt: seed, step, array), not a
@@ -30,6 +32,8 @@ float16 (range +-65504): a value that would leave the range is not written (its 
 value it had) and `take_overflow()` reports it; the head all-reduces that verdict after the step and
 raises FCStorageOverflow on every rank (the engine then saves a checkpoint and stops).
 """
+import sys
+
 import numpy as np
 import paddle
 
@@ -40,6 +44,7 @@ STORAGE_DTYPES = ("float32", "bfloat16", "float16")
 FLOAT16_MAX = 65504.0
 _DROP = {"bfloat16": 16, "float16": 13}
 _M32 = 0xFFFFFFFF
+_LITTLE_ENDIAN = sys.byteorder == "little"
 
 
 def _hash32(x):
@@ -90,8 +95,11 @@ def round_stochastic(x32, dtype, classes, salt):
     pick = paddle.bitwise_and(pick, paddle.to_tensor(_TABLE_ROWS - 1, dtype="int64"))
     keys = _column_keys(dim, salt)
     keys = paddle.bitwise_and(keys, paddle.to_tensor((1 << drop) - 1, dtype="int64")).astype("int32")
-    noise = paddle.bitwise_xor(paddle.gather(_noise_table(drop, dim), pick), keys)
+    noise = paddle.bitwise_xor(paddle.index_select(_noise_table(drop, dim), pick), keys)
     bits = paddle.view(x32.contiguous(), "int32") + noise
+    if dtype == "bfloat16" and _LITTLE_ENDIAN:
+        # the upper 16 bits of each value are its bfloat16 truncation: read them as int16 pairs' odd halves
+        return paddle.view(paddle.view(bits, "int16")[:, 1::2].contiguous(), "bfloat16")
     bits = paddle.bitwise_and(bits, paddle.to_tensor(-(1 << drop), dtype="int32"))
     return paddle.view(bits, "float32").astype(dtype)
 
