@@ -4,6 +4,7 @@
     python tools/bench_partial_fc.py --classes 5000000 --world 2 --ratio 0.1 --batch 32 --steps 3
     python tools/bench_partial_fc.py --classes 1000000 --ratio 0.1 --storage float32 bfloat16   # 16-bit storage
     python tools/bench_partial_fc.py --classes 10000000 --world 2 --sample-num 20000 --storage bfloat16 --batch 32
+    python tools/bench_partial_fc.py --classes 1000000 --ratio 0.1 --storage float32 --steps 3 --profile  # + cProfile
 
 Each configuration runs in fresh processes (2 ranks through paddle.distributed.launch for W=2) so
 peak RSS belongs to it alone. One step = PartialFC forward + backward + sparse momentum update
@@ -62,7 +63,13 @@ def one(args):
     init_s = time.perf_counter() - t0
     rng = np.random.default_rng(rank)
     times = []
+    prof = None
+    if args.profile and rank == 0:
+        import cProfile
+        prof = cProfile.Profile()
     for step in range(args.steps + 1):
+        if prof is not None and step == 1:
+            prof.enable()
         x = paddle.to_tensor(rng.standard_normal((args.batch, args.dim)).astype(np.float32), stop_gradient=False)
         y = paddle.to_tensor(rng.integers(0, args.classes, args.batch))
         if world > 1:
@@ -75,6 +82,11 @@ def one(args):
         _ = loss.item()
         if step:  # the first step is warm-up
             times.append(time.perf_counter() - t)
+    if prof is not None:
+        import pstats
+        prof.disable()
+        print(f"cProfile of the {args.steps} timed steps (seconds summed over them):")
+        pstats.Stats(prof, stream=sys.stdout).sort_stats("tottime").print_stats(15)
     k = max(head.num_sample, min(head.num_local, args.batch * world))
     n = args.batch * world
     a = paddle.randn([n, args.dim])
@@ -98,11 +110,13 @@ def one(args):
         print("RESULT " + json.dumps(row), flush=True)
 
 
-def run_config(classes, world, ratio, batch, dim, steps, storage="float32", sample_num=None):
+def run_config(classes, world, ratio, batch, dim, steps, storage="float32", sample_num=None, profile=False):
     cmd = [__file__, "--one", "--classes", str(classes), "--ratio", str(ratio), "--batch", str(batch),
            "--dim", str(dim), "--steps", str(steps), "--storage", storage]
     if sample_num:
         cmd += ["--sample-num", str(sample_num)]
+    if profile:
+        cmd += ["--profile"]
     env = dict(os.environ)
     if world > 1:
         log_dir = tempfile.mkdtemp(prefix="bench_pfc_")
@@ -115,6 +129,8 @@ def run_config(classes, world, ratio, batch, dim, steps, storage="float32", samp
     if log_dir:
         with open(os.path.join(log_dir, "workerlog.0")) as f:
             text += f.read()
+    if profile:
+        print(text[text.find("cProfile of"):text.find("RESULT ")], flush=True)
     for line in text.splitlines():
         if line.startswith("RESULT "):
             return json.loads(line[len("RESULT "):])
@@ -152,6 +168,7 @@ def main():
     p.add_argument("--storage", nargs="+", default=["float32"], choices=["float32", "bfloat16", "float16"],
                    help="Model.pfc_config.storage_dtype; several: one row each")
     p.add_argument("--sample-num", type=int, default=None, help="Model.pfc_config.sample_num instead of --ratio")
+    p.add_argument("--profile", action="store_true", help="print a cProfile of the timed steps (rank 0)")
     args = p.parse_args()
     if args.one:
         return one(args)
@@ -163,7 +180,8 @@ def main():
             rows.append({"classes": classes, "world": world, "ratio": ratio, "batch": args.batch, "storage": storage,
                          "skipped": f"needs ~{need / 2 ** 30:.0f} GiB of {HOST_BYTES / 2 ** 30:.0f}"})
         else:
-            rows.append(run_config(classes, world, ratio, args.batch, args.dim, args.steps, storage, args.sample_num))
+            rows.append(run_config(classes, world, ratio, args.batch, args.dim, args.steps, storage, args.sample_num,
+                                   args.profile))
         print(table(rows[-1:]).splitlines()[-1], flush=True)
     print()
     print(table(rows))
