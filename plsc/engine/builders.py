@@ -1,6 +1,4 @@
 """Build each part of a run from its config section through the registries."""
-import os
-
 import paddle
 
 from plsc.data.loader import build_loader

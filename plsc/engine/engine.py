@@ -26,7 +26,7 @@ from plsc.engine.ema import build_ema
 from plsc.engine.evaluation import Evaluator
 from plsc.engine.distill import Distiller
 from plsc.engine.finetune import FineTune, imprint_classifier
-from plsc.engine.inference_model import embed, load_model
+from plsc.engine.inference_model import embed
 from plsc.engine.logger import ScalarWriter, StepTimer, format_eta
 from plsc.engine.preflight import remove_replaced_run
 from plsc.engine.start import amp_policy, start_run
@@ -381,10 +381,3 @@ def _changes(before, after):
     return "; ".join(f"{k} {before[k]['acc']:.4f} -> {r['acc']:.4f} ({r['acc'] - before[k]['acc']:+.4f})"
                      for k, r in after.items() if k in before)
 
-
-def Engine(cfg, mode="train"):
-    """The old entry, kept importable while its last callers move (plsc/cli/train.py, plsc/tools/ijb_eval.py):
-    Trainer(cfg) for mode "train"; the model of plsc.engine.inference_model.load_model for "eval" / "export"."""
-    if mode == "train":
-        return Trainer(cfg)
-    return load_model(cfg, mode)

@@ -32,7 +32,6 @@ from paddle.autograd import PyLayer
 from plsc.distributed import all_reduce_max_, all_reduce_sum_
 from plsc.nn.rows import remove_radial_, row_sq_norms, scale_
 
-_CHUNK = 1 << 12  # rows per chunk of the [K, D] row-wise passes (a few MB: stays in cache)
 
 
 def inverse_row_norms(w):
