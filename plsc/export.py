@@ -147,7 +147,7 @@ def _nchw_twin(model, source_config, export_type, chw, log):
                               f"only; export a backbone built with Model.data_format=NCHW (the weights are the same) "
                               f"or pass meta={{'source_config': cfg}} so that export can rebuild it")
         return model
-    import paddle
+    import paddle  # optional: only this rebuild needs Paddle; exporting an ONNX model's files does not
 
     from plsc.models.build import build_backbone
 

@@ -331,13 +331,14 @@ def test_eval_sampler_keys_do_what_they_say_or_are_refused(tmp_path, override, m
     make_bin(tmp_path / "r.bin", pairs=10)
     smoke = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "configs", "smoke",
                          "IResNet_tiny_random.yaml")
-    cfg = load_config(smoke, [f"DataLoader.Eval.dataset={{name: FaceBinDataset, bin_path: {tmp_path / 'r.bin'}}}",
-                              override, "Metric.Eval=[{LFWAcc: {flip_test: true}}]"])
+    overrides = [f"DataLoader.Eval.dataset={{name: FaceBinDataset, bin_path: {tmp_path / 'r.bin'}}}",
+                 override, "Metric.Eval=[{LFWAcc: {flip_test: true}}]"]
     if message is None:
+        cfg = load_config(smoke, overrides)
         assert Evaluator(cfg, 0, 1, logging.getLogger("t")).batch_size == 8
-    else:
+    else:  # refused when the config loads, before any rank starts
         with pytest.raises(ConfigError, match=message):
-            Evaluator(cfg, 0, 1, logging.getLogger("t"))
+            load_config(smoke, overrides)
 
 
 # ----------------------------------------------------------------- two ranks: split work, same answer

@@ -12,14 +12,13 @@ len(sampler) is always the full number of batches of an epoch on one rank.
 """
 import numpy as np
 
+from plsc import distributed
 from plsc.errors import ConfigError
 from plsc.registry import SAMPLERS
 
 
 def _world(rank, world_size):
     if rank is None or world_size is None:
-        from plsc import distributed
-
         rank = distributed.rank() if rank is None else rank
         world_size = distributed.world_size() if world_size is None else world_size
     rank, world_size = int(rank), int(world_size)

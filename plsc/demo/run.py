@@ -23,6 +23,9 @@ import numpy as np
 
 from plsc.demo.progress import run_with_progress
 from plsc.errors import PlscError
+from plsc.data.bin import save_bin
+from plsc.data.recordio import IndexedRecordIOWriter, pack
+from plsc.demo.fontfaces import build
 
 CONFIG = os.path.join(os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))),
                       "configs", "demo", "IResNet_fontfaces.yaml")
@@ -45,7 +48,6 @@ def config_path():
 
 def write_rec(out_dir, samples, name="train"):
     """insightface layout: record 0 = key range of images, then one range record per identity."""
-    from plsc.data.recordio import IndexedRecordIOWriter, pack
 
     samples = sorted(samples, key=lambda s: s[0])
     labels = np.array([s[0] for s in samples])
@@ -62,9 +64,6 @@ def write_rec(out_dir, samples, name="train"):
 
 
 def build_data(data_dir, spec, seed):
-    from plsc.data.bin import save_bin
-    from plsc.demo.fontfaces import build
-
     os.makedirs(data_dir, exist_ok=True)
     t = time.time()
     train, val_images, issame, train_chars, val_chars = build(spec["train_classes"], spec["val_classes"],

@@ -19,6 +19,8 @@ import collections
 import cv2
 import numpy as np
 
+from plsc.deploy.mtcnn import MTCNN
+from plsc.deploy.scrfd import SCRFD
 from plsc.errors import ConfigError
 from plsc.metrics.align import align_face
 
@@ -32,12 +34,8 @@ _NO_BOX, _NO_LMK = np.full(4, np.nan, np.float32), np.full((5, 2), np.nan, np.fl
 def build_detector(detector=None):
     """'mtcnn' / None -> plsc.deploy.mtcnn.MTCNN; a .onnx path -> insightface's SCRFD (plsc.deploy.scrfd)."""
     if detector in (None, "mtcnn"):
-        from plsc.deploy.mtcnn import MTCNN
-
         return MTCNN()
     if str(detector).endswith(".onnx"):
-        from plsc.deploy.scrfd import SCRFD
-
         return SCRFD(str(detector))
     raise ConfigError(f"--detector {detector!r}: expected 'mtcnn' or an SCRFD .onnx file (e.g. det_10g.onnx)")
 

@@ -22,6 +22,7 @@ from plsc.deploy.detect import FacePreparer
 from plsc.deploy.images import gather_inputs, read_image_scaled
 from plsc.deploy.model import RecognitionModel
 from plsc.errors import PlscError
+from plsc.progress import Progress
 
 OK_STATUS = ("face", "crop", "resized", "several_faces")
 
@@ -185,7 +186,6 @@ def terminal_progress(label="embedded"):
     """A Progress printer on stderr when it is a terminal, else None."""
     if not sys.stderr.isatty():
         return None
-    from plsc.progress import Progress
 
     p = Progress(total=0, what="images", label=label, log=lambda s: print(s, file=sys.stderr, flush=True))
     return lambda done, total: p(done, total)

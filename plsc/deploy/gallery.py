@@ -27,6 +27,7 @@ import numpy as np
 
 from plsc.errors import CheckpointError, DataError, PlscError
 from plsc.io.checkpoint import sha256_file
+from plsc.deploy.model import same_model
 
 INDEX_KINDS = ("flat", "hnsw", "ivf")
 HNSW_M, HNSW_EF_CONSTRUCTION, HNSW_EF_SEARCH = 32, 80, 256
@@ -168,8 +169,6 @@ class Gallery:
         return sorted(set(self.info["ids"].values()))
 
     def check_model(self, fingerprint, what="the model"):
-        from plsc.deploy.model import same_model
-
         ok, why = same_model(self.info["fingerprint"], fingerprint)
         if not ok:
             raise CheckpointError(f"the gallery was built with another model than {what} ({why}); query it with the "

@@ -19,6 +19,7 @@ import cv2
 import numpy as np
 
 from plsc.errors import CheckpointError
+from plsc.interop.torch_file import read_torch_file
 
 _NETS = ("pnet", "rnet", "onet")
 # (layer kind, name, extra): conv / prelu / pool (kernel, stride) / flat (channels-last transpose) / fc / head
@@ -179,8 +180,6 @@ class MTCNN:
     """Three-stage cascade; `detect(rgb)` -> boxes [n, 5] and landmarks [n, 5, 2], best score first."""
 
     def __init__(self, weights=None, min_face=20, thresholds=(0.6, 0.7, 0.7), factor=0.709):
-        from plsc.interop.torch_file import read_torch_file
-
         d = weights_dir(weights)
         self.source = d
         self.nets = {n: _session(_graph(n, read_torch_file(os.path.join(d, f"{n}.pt")))) for n in _NETS}

@@ -18,12 +18,12 @@ checkpoint directory).
 
 
 def load_source(path, model=None, mask_ratio=None):
-    from plsc.interop.convert import load_source as _load
+    from plsc.interop.convert import load_source as _load  # lazy: `import plsc.interop` stays cheap
 
     return _load(path, model, mask_ratio)
 
 
 def write_checkpoint(src, out_dir, world_size=1, force=False):
-    from plsc.interop.writer import write_checkpoint as _write
+    from plsc.interop.writer import write_checkpoint as _write  # lazy: `import plsc.interop` stays cheap
 
     return _write(src, out_dir, world_size, force)

@@ -26,6 +26,7 @@ from plsc.errors import CheckpointError, PlscError
 from plsc.interop import adaface, insightface, plsc_paddle
 from plsc.interop.mapping import COUNTER_LEAVES, ArchUnreadable, check_model_family, map_keys, pick_family
 from plsc.io.safe_pickle import brief, clip
+from plsc.interop.torch_file import read_torch_file
 
 _ZIP_MAGIC = b"PK\x03\x04"
 _MAX_LISTED = 8
@@ -89,7 +90,7 @@ def reference_shapes(name, arch_kwargs, num_features, build):
     """{state_dict name: shape} and layer kinds of the plsc model (built lazily: no weights allocated)."""
     import paddle
 
-    import plsc.models  # noqa: F401  (registers the backbones)
+    import plsc.models  # noqa: F401  (optional: Paddle and the backbones only when shapes are compared)
     from plsc.registry import MODELS
 
     with paddle.LazyGuard():
@@ -235,7 +236,6 @@ def _sniff(path):
 def load_source(path, model=None, mask_ratio=None):
     """Read a released checkpoint (format and architecture detected; `model` forces the plsc name,
     `mask_ratio` the FaceViT masking the weights do not record)."""
-    from plsc.interop.torch_file import read_torch_file
 
     options = {} if mask_ratio is None else {"mask_ratio": mask_ratio}
     kind = _sniff(path)

@@ -274,7 +274,7 @@ def merge(shards):
 
 def split(full, world_size):
     """Shards for `world_size` ranks (plsc's shard rule) from a merged one; rows keep their bits."""
-    from plsc.distributed import shard_range
+    from plsc.distributed import shard_range  # optional: plsc.distributed loads Paddle; reading shards does not
 
     classes = class_range(full)[2]
     if world_size < 1 or world_size > classes:
@@ -291,7 +291,7 @@ def split(full, world_size):
 
 def split_weight(fc, world_size, where="the classifier"):
     """Shards (weights only, optimizer_steps 0) of a float32 [C, D] classifier: plsc-import's FC."""
-    from plsc.distributed import shard_range
+    from plsc.distributed import shard_range  # optional: plsc.distributed loads Paddle; reading shards does not
 
     classes = fc.shape[0]
     if not 1 <= world_size <= classes:

@@ -14,6 +14,7 @@ import numpy as np
 import plsc.errors as plsc_errors
 from plsc.distributed import shard_range
 from plsc.errors import DataError, PlscError
+from plsc.data.loader import build_loader
 
 
 def _load_batch(load, indices, name):
@@ -50,8 +51,6 @@ class _Batches:
 
 def _embed_range(embed_fn, load, start, end, batch_size, flip_test, name, fuse=False, progress=None, num_workers=0,
                  use_shared_memory=True):
-    from plsc.data.loader import build_loader
-
     raw, flipped = [], []
     starts = list(range(start, end, batch_size))
     if not starts:

@@ -15,6 +15,9 @@ import os
 from plsc.distributed import shard_range
 from plsc.errors import ConfigError, DataError
 from plsc.metrics.embedding import embed_images, on_all_ranks
+from plsc.data.transforms import build_transforms
+from plsc.metrics.verification import LFWAcc
+from plsc.registry import DATASETS
 
 
 def build_eval_dataset(name, spec):
@@ -22,9 +25,6 @@ def build_eval_dataset(name, spec):
     if not isinstance(spec, dict):
         ds = spec
     else:
-        from plsc.data.transforms import build_transforms
-        from plsc.registry import DATASETS
-
         kwargs = {k: v for k, v in spec.items() if k != "name"}
         if "name" not in spec:
             raise ConfigError(f"eval set '{name}': the dataset mapping has no 'name' (e.g. FaceBinDataset)")
@@ -51,7 +51,6 @@ def evaluate_sets(embed_fn, sets, batch_size=64, flip_test=True, rank=0, world_s
     metric: a Metric.Eval object (LFWAcc) deciding flip_test and the folds; default LFWAcc(flip_test).
     progress_for(set name, images on this rank) -> a progress(done, total) callback, or None.
     num_workers, use_shared_memory: DataLoader.Eval.loader (0: one decoding thread per rank)."""
-    from plsc.metrics.verification import LFWAcc
 
     workers = {"num_workers": num_workers, "use_shared_memory": use_shared_memory}
     metric = metric or LFWAcc(flip_test=flip_test)

@@ -23,6 +23,7 @@ from plsc.metrics.align import align_face
 from plsc.metrics.embedding import embed_images, on_all_ranks
 from plsc.metrics.ijb_ident import identify, rows_of
 from plsc.metrics.ijb_meta import read_ijb
+from plsc.data.regular import read_regular
 
 FARS = (1e-6, 1e-5, 1e-4, 1e-3, 1e-2, 1e-1)
 
@@ -30,7 +31,6 @@ FARS = (1e-6, 1e-5, 1e-4, 1e-3, 1e-2, 1e-1)
 def load_aligned(meta, i):
     """Image i of the meta: read, align with its landmarks, RGB, float32 [3, 112, 112] in [-1, 1]."""
     path = meta.image_paths[i]
-    from plsc.data.regular import read_regular
 
     data = read_regular(path, f"IJB image {i} of the {meta.target} list")  # a FIFO / device is refused, not read
     img = cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_COLOR) if data else None

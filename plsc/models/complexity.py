@@ -8,6 +8,8 @@ figures: r50 6.31G, r100 12.09G).
 import paddle
 from paddle import nn
 
+from plsc.models.face_vit import Attention
+
 
 def _conv_macs(layer, out):
     w = layer.weight  # [out, in/groups, kh, kw] in both layouts
@@ -28,7 +30,6 @@ def _attention_macs(layer, inp):
 
 def count_macs(model, batch=1):
     """MACs per image of one eval-mode forward (hooks on Conv2D, Linear and FaceViT Attention)."""
-    from plsc.models.face_vit import Attention
 
     total = [0]
     hooks = []

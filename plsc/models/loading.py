@@ -8,7 +8,10 @@ when the file plainly holds another registered backbone, that Model.name), and t
 untouched. `check_backbone_state` is the same check against {name: shape} without a built model
 (plsc-import's output, start-up checks before a run directory is created).
 """
+import paddle
+
 from plsc.errors import CheckpointError
+from plsc.registry import MODELS
 
 _HEAVY = {"IResNet2060": 5000}  # built to compare only when the file has at least this many tensors (4 s)
 _shape_cache = {}
@@ -16,10 +19,7 @@ _shape_cache = {}
 
 def backbone_shapes(name, **kwargs):
     """{state_dict name: shape} of registered backbone `name`, built lazily (no weights allocated)."""
-    import paddle
-
-    import plsc.models  # noqa: F401  (registers the backbones)
-    from plsc.registry import MODELS
+    import plsc.models  # noqa: F401  (registers the backbones; inside: plsc.models imports this module)
 
     key = (name, repr(sorted(kwargs.items())))
     if key not in _shape_cache:
@@ -38,9 +38,7 @@ def match_score(ref, shapes):
 def nearest_model(shapes, num_features=None, baseline=0.5):
     """The registered Model.name (built with its defaults and `num_features`) whose state_dict matches
     `shapes` ({name: shape}) better than `baseline`, and whether it matches exactly; else (None, False)."""
-    from plsc.registry import MODELS
-
-    import plsc.models  # noqa: F401
+    import plsc.models  # noqa: F401  (registers the backbones; inside: plsc.models imports this module)
 
     best, best_score, exact = None, max(baseline, 0.5), False
     for name in MODELS.names():
@@ -92,8 +90,6 @@ def check_backbone_state(own, shapes, source, model_name=None, num_features=None
 def load_backbone(backbone, arrays, source, model_name=None, num_features=None):
     """Load {name: array} into `backbone` strictly (see the module doc); returns the backbone.
     model_name / num_features: the config's Model.name and Model.num_features (for the message)."""
-    import paddle
-
     own = backbone.state_dict()
     check_backbone_state({k: tuple(v.shape) for k, v in own.items()},
                          {k: tuple(getattr(v, "shape", ())) for k, v in arrays.items()}, source,
