@@ -102,7 +102,7 @@ def build_sparse_optimizer(cfg, param, every_row=False, store=None):
     accepted = [k for k in inspect.signature(cls).parameters if k != "param"]
     settings = optimizer_settings(cfg)
     if any(s in name for s in settings.get("no_weight_decay_name") or () for name in ("head.weight", param.name)):
-        settings["weight_decay"] = 0.0  # PLSC names the classifier head.weight
+        settings["weight_decay"] = 0.0  # the classifier's structured name is head.weight (the model's head)
     kwargs = {k: settings[k] for k in accepted if k in settings}
     kwargs["every_row"] = bool(every_row)
     return cls(param, store=store, **kwargs)
