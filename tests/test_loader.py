@@ -233,7 +233,8 @@ def test_evaluation_with_workers_equals_the_reading_thread_and_reports_bad_image
         built.append(type(loader).__name__)
         return loader
 
-    monkeypatch.setattr(loader_mod, "build_loader", spy)
+    import plsc.metrics.embedding as embedding_mod
+    monkeypatch.setattr(embedding_mod, "build_loader", spy)  # where evaluation calls it
     ref = evaluate_sets(embed, spec("pairs.txt"), batch_size=5, num_workers=0)["pairs"]
     assert built == ["InProcessLoader"]  # 0 workers: the decoding thread, no worker process
     sizes, seen[:] = list(seen), []
