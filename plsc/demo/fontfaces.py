@@ -73,11 +73,17 @@ def render(ch, font_path, rng, size=112):
     left, top, right, bottom = draw.textbbox((0, 0), ch, font=font)
     draw.text((size - (left + right) / 2, size - (top + bottom) / 2), ch, fill=255, font=font)
     glyph = np.asarray(canvas, dtype=np.float32)[size // 2: size // 2 + size, size // 2: size // 2 + size]
-    angle, scale = rng.uniform(-12, 12), rng.uniform(0.85, 1.1)
-    m = cv2.getRotationMatrix2D((size / 2, size / 2), angle, scale)
-    m[:, 2] += rng.uniform(-6, 6, size=2)
+    return perturb(glyph, rng)
+
+
+def perturb(glyph, rng, angle=12.0, scale=(0.85, 1.1), shift=6.0, blur=1.2):
+    """A float32 [size, size] glyph mask (0..255) -> an RGB uint8 image: a random rotation within +-angle
+    degrees, scale and shift, a Gaussian blur of sigma up to `blur`, a random tint and pixel noise."""
+    size = glyph.shape[0]
+    m = cv2.getRotationMatrix2D((size / 2, size / 2), rng.uniform(-angle, angle), rng.uniform(*scale))
+    m[:, 2] += rng.uniform(-shift, shift, size=2)
     glyph = cv2.warpAffine(glyph, m, (size, size), flags=cv2.INTER_LINEAR, borderValue=0)
-    sigma = rng.uniform(0.0, 1.2)
+    sigma = rng.uniform(0.0, blur)
     if sigma > 0.3:
         glyph = cv2.GaussianBlur(glyph, (0, 0), sigma)
     fg, bg = rng.uniform(0.55, 1.0, size=3), rng.uniform(0.0, 0.35, size=3)
