@@ -217,9 +217,6 @@ def test_a_teacher_fed_other_pixels_is_refused(tmp_path):
 
 
 # ------------------------------------------------------------------- the evidence: recipe vs naive fine-tuning
-TINY = "{layers: [1, 1, 1, 1], widths: [8, 16, 16, 32]}"
-
-
 def _accuracy(ckpt, args, out):
     import json
 
@@ -231,17 +228,15 @@ def test_the_recipe_beats_naive_fine_tuning_on_a_domain_shift(tmp_path):
     """tools/bench_finetune.py's mild shift, shrunk: a tiny IResNet pretrained on rendered characters, fine-tuned
     for 10 steps on 4 low-resolution, blurred images of each of 12 other characters, verified on pairs of 12
     characters seen in neither. Naive fine-tuning (random classifier, one learning rate) loses much of what the
-    pretrained model knew; the recipe (imprinted classifier, backbone lr x 0.1) keeps it (docs/finetune.md)."""
+    pretrained model knew; the recipe (imprinted classifier, backbone lr x 0.1) keeps it (docs/finetune.md).
+    The pretrained model is tests/fixtures/finetune/tiny_pretrained: plsc-train on the source set of this data
+    (30 characters x 16, 6 epochs), made by tools/make_finetune_model.py (the same bytes as when this test ran it)."""
     from tools.bench_finetune import build_data, common
+    from tools.make_finetune_model import DATA, OUT as pre, TINY
 
     data = tmp_path / "data"
-    build_data(str(data), n_src=30, n_ft=12, n_eval=12, per_src=16, per_ft=4, pairs=300, shift="mild")
-    tiny = ["-o", "Model.num_features=32"]
-    src = common(str(data), "src", 30, "target_val.bin", arch=TINY) + tiny
-    plsc("train", *src, "-o", f"Global.output_dir={tmp_path / 'pre'}", "-o", "Global.epochs=6",
-         "-o", "DataLoader.Train.sampler.batch_size=16")
-    pre = tmp_path / "pre" / "IResNet18" / "latest"
-    ft = common(str(data), "ft", 12, "target_val.bin", arch=TINY) + tiny
+    build_data(str(data), **DATA, source=False)  # the fine-tuning set and the target-domain pairs
+    ft = common(str(data), "ft", DATA["n_ft"], "target_val.bin", arch=TINY) + ["-o", "Model.num_features=32"]
     steps = ["-o", f"Global.pretrained_model={pre}", "-o", "Global.max_train_step=10", "-o", "Global.epochs=1000",
              "-o", "LRScheduler.warmup_epochs=0", "-o", "DataLoader.Train.sampler.batch_size=16",
              "-o", "LRScheduler.learning_rate=0.05"]

@@ -39,7 +39,9 @@ def to_target(img, rng, shift="strong"):
     return cv2.GaussianBlur(out, (0, 0), float(rng.uniform(0.8, 1.6)))
 
 
-def build_data(out, n_src, n_ft, n_eval, per_src, per_ft, pairs, shift="strong"):
+def build_data(out, n_src, n_ft, n_eval, per_src, per_ft, pairs, shift="strong", source=True):
+    """The sets under `out` (see the module's text); source=False leaves out the source domain's (src/ and
+    source_val.bin), for a run that has its pretrained model already: the other sets are the same."""
     from plsc.data.bin import save_bin
     from plsc.demo.fontfaces import choose_characters, encode, font_files, render
     from plsc.demo.run import write_rec
@@ -76,10 +78,13 @@ def build_data(out, n_src, n_ft, n_eval, per_src, per_ft, pairs, shift="strong")
         save_bin(path, imgs, same)
 
     for name, ids, per, domain in (("src", src, per_src, "source"), ("ft", ft, per_ft, "target")):
+        if domain == "source" and not source:
+            continue
         os.makedirs(os.path.join(out, name), exist_ok=True)
         write_rec(os.path.join(out, name), images(ids, per, domain, 1 if domain == "source" else 2))
     pair_bin(ev, "target", 3, os.path.join(out, "target_val.bin"))
-    pair_bin(ev, "source", 4, os.path.join(out, "source_val.bin"))
+    if source:
+        pair_bin(ev, "source", 4, os.path.join(out, "source_val.bin"))
     return len(src), len(ft)
 
 
