@@ -40,6 +40,17 @@ def pytest_generate_tests(metafunc):
         metafunc.parametrize("_repeat", range(n), indirect=True, ids=lambda i: f"run{i + 1}")
 
 
+@pytest.fixture(scope="session")
+def smoke_checkpoint(tmp_path_factory):
+    """The `latest` checkpoint of a 3-step plsc-train run of the smoke config (16 classes), made once for the
+    session: tests/test_checkpoint.py and tests/test_finetune.py read it (copy it before changing it)."""
+    from test_train import SMOKE, plsc
+
+    out = tmp_path_factory.mktemp("smoke_checkpoint")
+    plsc("train", "-c", SMOKE, "-o", f"Global.output_dir={out}", "-o", "Global.max_train_step=3")
+    return out / "IResNet18" / "latest"
+
+
 @pytest.fixture(autouse=True)
 def no_process_left():
     """Every process a test starts has ended when it ends: what is left gets PROCESS_GRACE seconds,

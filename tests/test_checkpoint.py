@@ -100,11 +100,10 @@ def test_resume_across_world_sizes_2_to_1_to_2(tmp_path):
     assert "re-sharded the FC from 3 to 1 rank(s)" in (tmp_path / "d" / "IResNet18" / "train.log").read_text()
 
 
-@pytest.fixture(scope="module")
-def trained(tmp_path_factory):
-    out = tmp_path_factory.mktemp("ft")
-    plsc("train", "-c", SMOKE, "-o", f"Global.output_dir={out}", "-o", "Global.max_train_step=3")
-    return out / "IResNet18" / "latest"
+@pytest.fixture
+def trained(smoke_checkpoint):
+    """A 3-step smoke run's checkpoint (tests/conftest.py, shared with tests/test_finetune.py)."""
+    return smoke_checkpoint
 
 
 def test_fine_tune_loads_fc_only_when_class_num_matches(trained, tmp_path):

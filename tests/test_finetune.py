@@ -13,11 +13,10 @@ OWN_DATA = "DataLoader.Train.dataset={name: FaceRandomDataset, num_classes: 12, 
 STEM_AND_FIRST_TWO = ("conv1.", "bn1.", "prelu.", "layer1.", "layer2.")
 
 
-@pytest.fixture(scope="module")
-def pretrained(tmp_path_factory):
-    out = tmp_path_factory.mktemp("pretrained")
-    plsc("train", "-c", SMOKE, "-o", f"Global.output_dir={out}", "-o", "Global.max_train_step=4")
-    return out / "IResNet18" / "latest"
+@pytest.fixture
+def pretrained(smoke_checkpoint):
+    """A 3-step smoke run's checkpoint (tests/conftest.py, shared with tests/test_checkpoint.py)."""
+    return smoke_checkpoint
 
 
 def _backbone(ckpt_dir):
