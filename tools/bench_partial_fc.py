@@ -5,6 +5,7 @@
     python tools/bench_partial_fc.py --classes 1000000 --ratio 0.1 --storage float32 bfloat16   # 16-bit storage
     python tools/bench_partial_fc.py --classes 10000000 --world 2 --sample-num 20000 --storage bfloat16 --batch 32
     python tools/bench_partial_fc.py --classes 1000000 --ratio 0.1 --storage float32 --steps 3 --profile  # + cProfile
+    python tools/bench_partial_fc.py --probe-threads       # the step's row work split over 1 vs 2 Python threads
 
 Each configuration runs in fresh processes (2 ranks through paddle.distributed.launch for W=2) so
 peak RSS belongs to it alone. One step = PartialFC forward + backward + sparse momentum update
@@ -110,6 +111,66 @@ def one(args):
         print("RESULT " + json.dumps(row), flush=True)
 
 
+def probe_threads(args):
+    """Would splitting the step's row work over Python threads pay? Paddle's CPU row kernels (gather, scatter,
+    elementwise) run on one thread each and release the GIL, so two threads can work on two halves of the rows.
+    Times the sparse Momentum update of K = ratio * C rows (gather w and v rows, update, scatter both back, in
+    chunks as plsc.optim.sparse does) and the row gather, on 1 and 2 threads, interleaved; prints the medians."""
+    import threading
+
+    from plsc.env import setup_threads, tune_allocator
+
+    setup_threads()
+    tune_allocator()
+    import numpy as np
+    import paddle
+
+    from plsc.nn.rows import put_rows, take_rows
+
+    c, d = args.classes or 1_000_000, args.dim
+    k = int(args.ratio * c)
+    w, v = paddle.randn([c, d]), paddle.zeros([c, d])
+    idx = paddle.sort(paddle.randperm(c)[:k])
+    g = paddle.randn([k, d])
+    chunk = 1 << 12
+
+    def update(a, b):
+        for s in range(a, b, chunk):
+            e = min(b, s + chunk)
+            i = idx[s:e]
+            wr, vr = take_rows(w, i), take_rows(v, i)
+            vr = vr.scale_(0.9).add_(g[s:e] + 5e-4 * wr)
+            wr.subtract_(0.1 * vr)
+            put_rows(v, i, vr)
+            put_rows(w, i, wr)
+
+    def gather(a, b):
+        take_rows(w, idx[a:b]).numpy()
+
+    def timed(f, threads):
+        cuts = np.linspace(0, k, threads + 1).astype(int) // chunk * chunk
+        cuts[-1] = k
+        ts = [threading.Thread(target=f, args=(int(cuts[j]), int(cuts[j + 1]))) for j in range(threads)]
+        t = time.perf_counter()
+        for x in ts:
+            x.start()
+        for x in ts:
+            x.join()
+        return time.perf_counter() - t
+
+    print(f"{k:,} rows of {c:,} x {d} float32, median of {args.steps} interleaved repetitions:\n")
+    print("| row work | 1 thread (ms) | 2 threads (ms) | speed-up |\n|---|---|---|---|")
+    for name, f in ((f"sparse Momentum update of {k:,} rows (chunks of {chunk})", update),
+                    (f"row gather of {k:,} rows (index_select)", gather)):
+        res = {1: [], 2: []}
+        timed(f, 1)
+        for _ in range(args.steps):
+            for th in (1, 2):
+                res[th].append(timed(f, th))
+        one, two = np.median(res[1]), np.median(res[2])
+        print(f"| {name} | {one * 1e3:.0f} | {two * 1e3:.0f} | {one / two:.2f}x |", flush=True)
+
+
 def run_config(classes, world, ratio, batch, dim, steps, storage="float32", sample_num=None, profile=False):
     cmd = [__file__, "--one", "--classes", str(classes), "--ratio", str(ratio), "--batch", str(batch),
            "--dim", str(dim), "--steps", str(steps), "--storage", storage]
@@ -169,9 +230,13 @@ def main():
                    help="Model.pfc_config.storage_dtype; several: one row each")
     p.add_argument("--sample-num", type=int, default=None, help="Model.pfc_config.sample_num instead of --ratio")
     p.add_argument("--profile", action="store_true", help="print a cProfile of the timed steps (rank 0)")
+    p.add_argument("--probe-threads", action="store_true",
+                   help="time the step's row work on 1 vs 2 Python threads (C = --classes or 1M, --ratio, --steps)")
     args = p.parse_args()
     if args.one:
         return one(args)
+    if args.probe_threads:
+        return probe_threads(args)
     grid = [(args.classes, args.world, args.ratio)] if args.classes else GRID
     rows = []
     for (classes, world, ratio), storage in [(g, s) for g in grid for s in args.storage]:
