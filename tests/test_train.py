@@ -29,9 +29,10 @@ def losses(text):
 
 
 def test_one_rank_trains_and_loss_falls(tmp_path):
-    out = plsc("train", "-c", SMOKE, "-o", f"Global.output_dir={tmp_path}", "-o", "Global.epochs=3")
+    out = plsc("train", "-c", SMOKE, "-o", f"Global.output_dir={tmp_path}", "-o", "Global.epochs=3",
+               "-o", "DataLoader.Train.dataset.num_samples=128")
     ls = losses(out.stdout)
-    assert sorted(ls) == list(range(1, 49)), "one log line per step (print_batch_step 1)"
+    assert sorted(ls) == list(range(1, 25)), "one log line per step (print_batch_step 1): 128 / 16 = 8 per epoch"
     vals = np.array([ls[k] for k in sorted(ls)])
     assert np.isfinite(vals).all()
     assert vals[-5:].mean() < 0.7 * vals[:5].mean(), vals
@@ -45,24 +46,24 @@ def test_one_rank_trains_and_loss_falls(tmp_path):
 def test_resume_from_latest_gives_identical_losses(tmp_path):
     common = ["-c", SMOKE, "-o", "Global.save_unit=step", "-o", "Global.save_interval=100"]
     full = losses(plsc("train", *common, "-o", f"Global.output_dir={tmp_path / 'a'}",
-                       "-o", "Global.max_train_step=10").stdout)
-    plsc("train", *common, "-o", f"Global.output_dir={tmp_path / 'b'}", "-o", "Global.max_train_step=5")
+                       "-o", "Global.max_train_step=6").stdout)
+    plsc("train", *common, "-o", f"Global.output_dir={tmp_path / 'b'}", "-o", "Global.max_train_step=3")
     resumed = losses(plsc("train", *common, "-o", f"Global.output_dir={tmp_path / 'b'}",
-                          "-o", "Global.max_train_step=10",
+                          "-o", "Global.max_train_step=6",
                           "-o", f"Global.checkpoint={tmp_path / 'b' / 'IResNet18' / 'latest'}").stdout)
-    assert sorted(resumed) == list(range(6, 11))
-    for step in range(6, 11):
+    assert sorted(resumed) == list(range(4, 7))
+    for step in range(4, 7):
         assert resumed[step] == full[step], (step, resumed[step], full[step])
 
 
 def test_two_ranks_and_two_nodes_train_with_identical_params(tmp_path):
     # 2 ranks on one node
     args = ["plsc-train", "-c", SMOKE, "-o", f"Global.output_dir={tmp_path / 'dp'}", "-o", "Global.epochs=2",
-            "-o", "Global.save_unit=epoch"]
+            "-o", "Global.save_unit=epoch", "-o", "DataLoader.Train.dataset.num_samples=128"]
     launch(args, nproc=2, log_dir=tmp_path / "log_dp")
     text = (tmp_path / "log_dp" / "workerlog.0").read_text()
     ls = losses(text)
-    assert sorted(ls) == list(range(1, 17))  # 256 samples / (16 x 2 ranks) = 8 steps per epoch
+    assert sorted(ls) == list(range(1, 9))  # 128 samples / (16 x 2 ranks) = 4 steps per epoch
     vals = np.array([ls[k] for k in sorted(ls)])
     assert np.isfinite(vals).all() and vals[-3:].mean() < vals[:3].mean()
     # two "nodes" on loopback, one rank each
