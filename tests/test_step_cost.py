@@ -2,7 +2,7 @@
 
 Counted in real Trainer steps (plsc.tools.step_cost.StepCost wraps Tensor.item / numpy / __bool__ /
 ...); a logging step reads the loss once more than a silent one. The 2-rank count is in
-tests/test_train.py (test_ranks_hold_identical_params_after_steps), inside its launch.
+tests/test_equivalence.py (test_two_ranks_equal_one_rank_after_ten_steps), inside its launch.
 """
 import pytest
 
