@@ -48,12 +48,18 @@ def test_frozen_stages_and_frozen_statistics_stay_as_loaded(tmp_path, pretrained
 
 
 def test_head_warmup_keeps_the_whole_backbone_then_releases_it(tmp_path, pretrained):
-    _finetune(tmp_path / "a", pretrained, "FineTune.head_warmup_steps=3", "Global.max_train_step=3")
-    warm = _backbone(tmp_path / "a" / "IResNet18" / "latest")
+    # one run, epochs of 3 steps (96 images / 32): epoch_1 is the state after the 3 warm-up steps, latest after step 4
+    _finetune(tmp_path, pretrained, "FineTune.head_warmup_steps=3", "Global.max_train_step=4", "Global.epochs=2",
+              "DataLoader.Train.sampler.batch_size=32", "Global.save_unit=epoch")
+    from plsc.io import checkpoint as ckpt
+
+    steps = [ckpt.load_json(str(tmp_path / "IResNet18" / d / "state.json"))["train_state"]["global_step"]
+             for d in ("epoch_1", "latest")]
+    assert steps == [3, 4], steps
+    warm = _backbone(tmp_path / "IResNet18" / "epoch_1")
     before = _backbone(pretrained)
     assert all(np.array_equal(before[k], warm[k]) for k in before), "the backbone moved during the head-only warm-up"
-    _finetune(tmp_path / "b", pretrained, "FineTune.head_warmup_steps=3", "Global.max_train_step=4")
-    after = _backbone(tmp_path / "b" / "IResNet18" / "latest")
+    after = _backbone(tmp_path / "IResNet18" / "latest")
     assert not all(np.array_equal(before[k], after[k]) for k in before), "step 4 (after the warm-up) did not train"
     stats = [k for k in before if k.endswith("_mean")]
     assert not all(np.array_equal(before[k], after[k]) for k in stats), "BatchNorm 'train' updates statistics"
