@@ -89,7 +89,7 @@ PUBLISHED_PATH_REF = os.path.join(os.path.dirname(os.path.dirname(os.path.abspat
 @pytest.mark.parametrize("keep, expect", [(0, []), (2, ["epoch_2", "epoch_3"]), (-1, ["epoch_1", "epoch_2", "epoch_3"])])
 def test_max_num_latest_checkpoint_has_plscs_meaning(tmp_path, keep, expect):
     _engine(tmp_path, "Global.epochs=3", f"Global.max_num_latest_checkpoint={keep}",
-            "DataLoader.Train.dataset.num_samples=32").train()
+            "DataLoader.Train.dataset.num_samples=16").train()  # one step per epoch
     run = tmp_path / "IResNet18"
     assert sorted(d for d in os.listdir(run) if d.startswith("epoch_")) == expect
     assert (run / "latest" / "manifest.json").exists()
