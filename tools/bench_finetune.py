@@ -108,10 +108,15 @@ def common(data, rec, classes, val, model="IResNet18", arch="{layers: [1, 1, 1, 
 def evaluate(ckpt, args_common, out):
     """Verification accuracy of the checkpoint on the config's one evaluation set (plsc-eval)."""
     plsc("eval", *args_common, "-o", f"Global.pretrained_model={ckpt}", "-o", f"Global.output_dir={out}")
+    return eval_result(out)["acc"]
+
+
+def eval_result(out):
+    """The first evaluation set's results (acc, std, ...) that plsc-eval wrote under `out`."""
     for d, _, files in os.walk(out):
         if "eval_results.json" in files:
             with open(os.path.join(d, "eval_results.json")) as f:
-                return next(iter(json.load(f).values()))["acc"]
+                return next(iter(json.load(f).values()))
     raise SystemExit(f"plsc-eval wrote no eval_results.json under {out}")
 
 

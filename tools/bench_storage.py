@@ -12,7 +12,6 @@ Runs: plsc-train under `paddle.distributed.launch` on 2 ranks (classes sharded, 
 --sample-ratio), the demo config's recipe with the demo's quick IResNet18 ([1, 1, 1, 1] / [8, 16, 32, 64]), then plsc-eval of the last checkpoint.
 """
 import argparse
-import json
 import os
 import re
 import shutil
@@ -28,6 +27,7 @@ from plsc.demo.fontfaces import perturb
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
+from tools.bench_finetune import eval_result, plsc  # noqa: E402  (a plsc command in a process; plsc-eval's results)
 CONFIG = os.path.join(ROOT, "configs", "demo", "IResNet_fontfaces.yaml")
 DTYPES = ("float32", "bfloat16", "float16")
 
@@ -99,22 +99,16 @@ def train_and_eval(a, data, storage, seed):
     t = time.time()
     r = subprocess.run([sys.executable, "-m", "paddle.distributed.launch", "--nproc_per_node", "2", "--log_dir", log_dir,
                         shutil.which("plsc-train"), "-c", CONFIG, *flat], capture_output=True, text=True, env=env)
-    log = open(os.path.join(log_dir, "workerlog.0"), errors="replace").read()
+    with open(os.path.join(log_dir, "workerlog.0"), errors="replace") as f:
+        log = f.read()
     if r.returncode:
         raise SystemExit(f"plsc-train {storage} seed {seed} failed:\n{log[-3000:]}\n{r.stderr[-2000:]}")
     train_s = time.time() - t
     losses = [float(x) for x in re.findall(r"loss: ([-+0-9.eEnaif]+)", log)]
-    ckpt = os.path.join(run, "IResNet18", "latest")
-    r = subprocess.run([shutil.which("plsc-eval"), "-c", CONFIG, *flat, "-o", f"Global.pretrained_model={ckpt}",
-                        "-o", f"Global.output_dir={run}/eval"], capture_output=True, text=True,
-                       env=dict(os.environ, OMP_NUM_THREADS="2"))
-    if r.returncode:
-        raise SystemExit(f"plsc-eval {storage} seed {seed} failed:\n{r.stderr[-3000:]}")
-    for d, _, files in os.walk(os.path.join(run, "eval")):
-        if "eval_results.json" in files:
-            res = next(iter(json.load(open(os.path.join(d, "eval_results.json"))).values()))
-            return {"acc": res["acc"], "std": res.get("std"), "loss": losses[-1], "train_s": train_s}
-    raise SystemExit(f"plsc-eval wrote no eval_results.json under {run}/eval")
+    plsc("eval", "-c", CONFIG, *flat, "-o", f"Global.pretrained_model={run}/IResNet18/latest",
+         "-o", f"Global.output_dir={run}/eval")
+    res = eval_result(os.path.join(run, "eval"))
+    return {"acc": res["acc"], "std": res.get("std"), "loss": losses[-1], "train_s": train_s}
 
 
 def main():
