@@ -115,7 +115,7 @@ def probe_threads(args):
     """Would splitting the step's row work over Python threads pay? Paddle's CPU row kernels (gather, scatter,
     elementwise) run on one thread each and release the GIL, so two threads can work on two halves of the rows.
     Times the sparse Momentum update of K = ratio * C rows (gather w and v rows, update, scatter both back, in
-    chunks as plsc.optim.sparse does) and the row gather, on 1 and 2 threads, interleaved; prints the medians."""
+    chunks: plsc.optim.sparse.SparseMomentum itself) and the row gather, on 1 and 2 threads, interleaved; prints the medians."""
     import threading
 
     from plsc.env import setup_threads, tune_allocator
@@ -125,7 +125,8 @@ def probe_threads(args):
     import numpy as np
     import paddle
 
-    from plsc.nn.rows import put_rows, take_rows
+    from plsc.nn.rows import take_rows
+    from plsc.optim.sparse import SparseMomentum
 
     c, d = args.classes or 1_000_000, args.dim
     k = int(args.ratio * c)
@@ -134,15 +135,11 @@ def probe_threads(args):
     g = paddle.randn([k, d])
     chunk = 1 << 12
 
-    def update(a, b):
-        for s in range(a, b, chunk):
-            e = min(b, s + chunk)
-            i = idx[s:e]
-            wr, vr = take_rows(w, i), take_rows(v, i)
-            vr = vr.scale_(0.9).add_(g[s:e] + 5e-4 * wr)
-            wr.subtract_(0.1 * vr)
-            put_rows(v, i, vr)
-            put_rows(w, i, wr)
+    opt = SparseMomentum(w, momentum=0.9, weight_decay=5e-4)
+    opt.slots["momentum"] = v  # (the slot as the head's: written rows, no first-touch faults)
+
+    def update(a, b):  # plsc's own sparse optimizer on the rows [a, b) of the step (it chunks them itself)
+        opt.step(idx[a:b], g[a:b], 0.1)
 
     def gather(a, b):
         take_rows(w, idx[a:b]).numpy()
